@@ -1,0 +1,4 @@
+from backbones.base import Backbone
+from backbones.registry import build, names
+
+__all__ = ["Backbone", "build", "names"]

@@ -1,0 +1,66 @@
+"""Entry point for the pipeline: a dataset by format name, and a reproducible loader.
+
+A new format is one reader file plus one FORMATS entry. A reader is a torch
+Dataset of `Sample` built as `Reader(annotations, images_root, transform=..., skip_invalid=...)`.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datasets.coco import CocoDataset
+from datasets.collate import collate
+from datasets.transforms import AugmentOptions, build_transform
+
+FORMATS: dict[str, type[Dataset]] = {"coco": CocoDataset}
+
+
+def build_dataset(
+    format: str, annotations: Path, images_root: Path | None, image_size: int, train: bool,
+    augment: AugmentOptions, skip_invalid: bool,
+) -> Dataset:
+    if format not in FORMATS:
+        raise ValueError(f"data format: expected one of {sorted(FORMATS)}, got {format!r}")
+    transform = build_transform(image_size, train, augment)
+    return FORMATS[format](
+        Path(annotations), Path(images_root) if images_root is not None else None,
+        transform=transform, skip_invalid=skip_invalid,
+    )
+
+
+def build_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, drop_last: bool = False
+) -> DataLoader:
+    """Same seed, same batches and augmentations, for any num_workers."""
+    generator = torch.Generator().manual_seed(seed)
+    if num_workers == 0:
+        seed_augmentations(dataset, seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate,
+        generator=generator, worker_init_fn=_seed_worker, drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def seed_augmentations(dataset: Dataset, seed: int) -> None:
+    """Albumentations keeps its own RNG (global seeds do not reach it), so seed each Compose directly.
+    Walks Subset (.dataset) and ConcatDataset (.datasets) wrappers."""
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+    for inner in [getattr(dataset, "dataset", None), *getattr(dataset, "datasets", [])]:
+        if inner is not None:
+            seed_augmentations(inner, seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch gives each worker base_seed + worker_id, with base_seed drawn from the loader's generator;
+    # without this, forked workers would share one copy of the augmentation RNG and repeat each other.
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+    seed_augmentations(torch.utils.data.get_worker_info().dataset, worker_seed)

@@ -1,0 +1,147 @@
+"""Read any COCO detection / segmentation dataset as multi-task `Sample`s.
+
+Class index i is the i-th category by ascending COCO id (`category_ids[i]`).
+Per image: semantic mask (0 background, index+1 per class, crowd = IGNORE_INDEX),
+boxes xyxy of the non-crowd objects, and an image label (the class with the
+largest visible area). Annotations are validated eagerly; images are decoded
+lazily in __getitem__.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from datasets.coco_checks import check_coco
+from datasets.image_io import load_rgb
+from datasets.record import RawRecord
+from datasets.sample import IGNORE_INDEX, Sample
+from datasets.transforms import apply_transform, to_tensor_transform
+
+logger = logging.getLogger(__name__)
+
+
+class CocoDataset(Dataset):
+    def __init__(
+        self, annotations: Path, images_root: Path | None = None, transform=None, skip_invalid: bool = False
+    ):
+        self.annotations = Path(annotations)
+        self.images_root = Path(images_root) if images_root is not None else self.annotations.parent
+        self.transform = transform if transform is not None else to_tensor_transform()
+        self.skip_invalid = skip_invalid
+        checked = check_coco(_read_json(self.annotations), self.annotations, self.images_root, skip_invalid)
+        self.skipped: dict[str, int] = checked.skipped
+        if checked.reasons:
+            logger.warning(
+                "%s: skipped %s invalid entries; first reasons:\n  %s",
+                self.annotations, self.skipped, "\n  ".join(checked.reasons),
+            )
+        self.coco = _index(checked.dataset)
+        self._image_index = checked.image_index
+        self.image_ids: list[int] = [image["id"] for image in checked.dataset["images"]]
+        self.category_ids: list[int] = sorted(self.coco.cats)
+        self.class_names: list[str] = [self.coco.cats[cid]["name"] for cid in self.category_ids]
+        self._class_of = {cid: i for i, cid in enumerate(self.category_ids)}
+        # A dataset without any segmentation is detection-only: its masks are missing, not empty.
+        self.has_masks = any(ann.get("segmentation") for ann in checked.dataset["annotations"])
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        return apply_transform(self.transform, self.read_record(index))
+
+    def read_record(self, index: int) -> RawRecord:
+        """The untransformed image and targets. A bad image raises, or with skip_invalid is
+        replaced by the next readable one (counted in `skipped`, per worker process)."""
+        for attempt in range(len(self)):
+            try:
+                return self._record(self.image_ids[(index + attempt) % len(self)])
+            except (OSError, ValueError) as error:
+                if not self.skip_invalid:
+                    raise
+                self.skipped["images"] += 1
+                logger.warning("skipping an unreadable image: %s", error)
+        raise ValueError(f"{self.annotations}: images: no entry could be read")
+
+    def _record(self, image_id: int) -> RawRecord:
+        image = self._load_image(image_id)
+        anns = self.coco.imgToAnns.get(image_id, [])
+        mask = self._semantic_mask(anns, image.shape[:2]) if self.has_masks else None
+        objects = [ann for ann in anns if not ann["iscrowd"]]
+        return RawRecord(
+            image=image,
+            image_id=image_id,
+            label=self._image_label(objects, mask),
+            mask=mask,
+            boxes=_xyxy_boxes(objects, image.shape[:2]),
+            box_labels=np.array([self._class_of[ann["category_id"]] for ann in objects], np.int64),
+        )
+
+    def _load_image(self, image_id: int) -> np.ndarray:
+        entry = self.coco.imgs[image_id]
+        where = f"{self.annotations}: images[{self._image_index[image_id]}]"
+        try:
+            image = load_rgb(self.images_root / entry["file_name"])
+        except ValueError as error:
+            raise ValueError(f"{where}.file_name: expected a decodable image: {error}") from error
+        declared = (entry["height"], entry["width"])
+        if image.shape[:2] != declared:
+            raise ValueError(
+                f"{where}: expected a {declared[1]}x{declared[0]} image as declared by width/height, "
+                f"decoded {image.shape[1]}x{image.shape[0]} from {entry['file_name']}"
+            )
+        return image
+
+    def _semantic_mask(self, anns: list[dict], size: tuple[int, int]) -> np.ndarray | None:
+        if any(not ann.get("segmentation") for ann in anns):
+            return None  # an object without outline: its pixels are unknown, so the whole mask is
+        mask = np.zeros(size, np.uint8)
+        # Crowd regions first, so an individually outlined object inside a crowd keeps its class.
+        for ann in sorted(anns, key=lambda a: -a["iscrowd"]):  # stable: annotation order otherwise
+            value = IGNORE_INDEX if ann["iscrowd"] else self._class_of[ann["category_id"]] + 1
+            mask[self.coco.annToMask(ann).astype(bool)] = value
+        return mask
+
+    def _image_label(self, objects: list[dict], mask: np.ndarray | None) -> int | None:
+        """The class covering the largest visible area; box areas when there is no mask. Ties: lowest index."""
+        if not objects:
+            return None
+        areas = np.zeros(len(self.category_ids))
+        if mask is not None:
+            areas = np.bincount(mask.ravel(), minlength=256)[1 : len(self.category_ids) + 1].astype(float)
+        if not areas.any():  # no mask, or the objects are hidden under crowd regions
+            for ann in objects:
+                areas[self._class_of[ann["category_id"]]] += ann["bbox"][2] * ann["bbox"][3]
+        return int(np.argmax(areas))
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: expected a COCO JSON file: {error}") from error
+
+
+def _index(dataset: dict) -> COCO:
+    coco = COCO()  # empty: we hand it the already-validated dict instead of a path
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def _xyxy_boxes(objects: list[dict], size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    boxes = np.array([ann["bbox"] for ann in objects], np.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    # COCO boxes may overhang the border by a pixel; transforms expect them inside.
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    return boxes

@@ -1,0 +1,208 @@
+"""Eager, cheap validation of a COCO annotation dict before pycocotools sees it.
+
+Every message names the annotation file, the field and what was expected, e.g.
+`annotations.json: annotations[12].bbox: expected 4 numbers [x, y, w, h] with w, h > 0, got [1, 2, -3, 4]`.
+Structural problems (no `images` list, duplicate ids) always raise; a bad image
+entry or annotation raises too, unless `skip_invalid`, in which case it is
+dropped and the reason recorded.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_REASONS = 5  # enough to diagnose a pattern without flooding the log
+
+
+@dataclass
+class CheckedCoco:
+    dataset: dict                               # only valid images and annotations; safe for pycocotools
+    image_index: dict[int, int]                 # image id -> position in the file's images[] (for messages)
+    skipped: dict[str, int] = field(default_factory=lambda: {"images": 0, "annotations": 0})
+    reasons: list[str] = field(default_factory=list)  # the first MAX_REASONS messages
+
+
+def check_coco(raw: object, source: Path, images_root: Path, skip_invalid: bool) -> CheckedCoco:
+    _check_structure(raw, source)
+    categories = _checked_categories(raw["categories"], source)
+    checked = CheckedCoco(dataset={}, image_index={})
+    images = _checked_images(raw["images"], source, images_root, skip_invalid, checked)
+    declared_ids = {e.get("id") for e in raw["images"] if isinstance(e, dict) and _is_int(e.get("id"))}
+    annotations = _checked_annotations(
+        raw.get("annotations", []), source, images, declared_ids - images.keys(), {c["id"] for c in categories},
+        skip_invalid, checked,
+    )
+    checked.dataset = {"images": list(images.values()), "annotations": annotations, "categories": categories}
+    return checked
+
+
+def _record(problem: Exception, kind: str, skip_invalid: bool, checked: CheckedCoco) -> None:
+    if not skip_invalid:
+        raise problem
+    checked.skipped[kind] += 1
+    if len(checked.reasons) < MAX_REASONS:
+        checked.reasons.append(str(problem))
+
+
+def _check_structure(raw: object, source: Path) -> None:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a JSON object with images, annotations and categories, got {type(raw).__name__}")
+    for key in ("images", "categories"):
+        if not isinstance(raw.get(key), list):
+            raise ValueError(f"{source}: {key}: expected a list, got {_short(raw.get(key))}")
+    # A file with images but no annotations key is valid (e.g. an unlabelled test split).
+    if not isinstance(raw.get("annotations", []), list):
+        raise ValueError(f"{source}: annotations: expected a list, got {_short(raw['annotations'])}")
+
+
+def _checked_categories(categories: list, source: Path) -> list[dict]:
+    seen: set[int] = set()
+    for i, cat in enumerate(categories):
+        where = f"{source}: categories[{i}]"
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            raise ValueError(f"{where}: expected {{'id': int, 'name': str}}, got {_short(cat)}")
+        if cat["id"] in seen:
+            raise ValueError(f"{where}.id: expected a unique category id, got duplicate {cat['id']}")
+        seen.add(cat["id"])
+    # 0 is the background and 255 the ignore value in the uint8 semantic mask.
+    if len(categories) > 254:
+        raise ValueError(f"{source}: categories: expected at most 254 categories, got {len(categories)}")
+    return [{"id": c["id"], "name": c["name"], "supercategory": c.get("supercategory", "")} for c in categories]
+
+
+def _checked_images(
+    images: list, source: Path, images_root: Path, skip_invalid: bool, checked: CheckedCoco
+) -> dict[int, dict]:
+    valid: dict[int, dict] = {}
+    seen: set[int] = set()
+    for i, entry in enumerate(images):
+        image_id = entry.get("id") if isinstance(entry, dict) else None
+        if _is_int(image_id) and image_id in seen:
+            raise ValueError(f"{source}: images[{i}].id: expected a unique image id, got duplicate {image_id}")
+        problem = _image_problem(entry, f"{source}: images[{i}]", images_root)
+        if problem is not None:
+            _record(problem, "images", skip_invalid, checked)
+            continue
+        seen.add(image_id)
+        valid[image_id] = entry
+        checked.image_index[image_id] = i
+    return valid
+
+
+def _image_problem(entry: object, where: str, images_root: Path) -> Exception | None:
+    if not isinstance(entry, dict):
+        return ValueError(f"{where}: expected an object with id, file_name, width, height, got {_short(entry)}")
+    if not _is_int(entry.get("id")):
+        return ValueError(f"{where}.id: expected an integer, got {_short(entry.get('id'))}")
+    for key in ("width", "height"):
+        if not _is_int(entry.get(key)) or entry[key] <= 0:
+            return ValueError(f"{where}.{key}: expected a positive integer, got {_short(entry.get(key))}")
+    file_name = entry.get("file_name")
+    if not isinstance(file_name, str) or not file_name:
+        return ValueError(f"{where}.file_name: expected a non-empty string, got {_short(file_name)}")
+    if not is_inside(file_name):
+        return ValueError(f"{where}.file_name: expected a relative path inside the images root {images_root}, got {file_name!r}")
+    path = images_root / file_name
+    if not path.is_file():
+        return FileNotFoundError(f"{where}.file_name: expected an existing image file, {path} not found")
+    return None
+
+
+def is_inside(file_name: str) -> bool:
+    """True if file_name stays inside the folder it is joined to.
+
+    Lexical on purpose: an images folder that is a symlink to another disk is
+    common and legitimate; '..' and absolute paths in a label file are not.
+    """
+    normal = os.path.normpath(file_name)
+    return not os.path.isabs(normal) and normal != ".." and not normal.startswith(".." + os.sep)
+
+
+def _checked_annotations(
+    annotations: list, source: Path, images: dict[int, dict], skipped_image_ids: set[int], category_ids: set[int],
+    skip_invalid: bool, checked: CheckedCoco,
+) -> list[dict]:
+    valid = []
+    for i, ann in enumerate(annotations):
+        if isinstance(ann, dict) and _is_int(ann.get("image_id")) and ann["image_id"] in skipped_image_ids:
+            continue  # its image entry was invalid and already skipped and counted
+        problem = _annotation_problem(ann, f"{source}: annotations[{i}]", images, category_ids)
+        if problem is not None:
+            _record(problem, "annotations", skip_invalid, checked)
+            continue
+        valid.append(_normalised_annotation(ann, i))
+    return valid
+
+
+def _annotation_problem(ann: object, where: str, images: dict[int, dict], category_ids: set[int]) -> Exception | None:
+    if not isinstance(ann, dict):
+        return ValueError(f"{where}: expected an object with image_id, category_id, bbox, got {_short(ann)}")
+    if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
+        return ValueError(f"{where}.image_id: expected the id of an entry in images[], got {_short(ann.get('image_id'))}")
+    if not _is_int(ann.get("category_id")) or ann["category_id"] not in category_ids:
+        return ValueError(
+            f"{where}.category_id: expected one of the categories[] ids {sorted(category_ids)}, got {_short(ann.get('category_id'))}"
+        )
+    if ann.get("iscrowd", 0) not in (0, 1):
+        return ValueError(f"{where}.iscrowd: expected 0 or 1, got {_short(ann.get('iscrowd'))}")
+    image = images[ann["image_id"]]
+    return _bbox_problem(ann.get("bbox"), where, image) or _segmentation_problem(ann.get("segmentation"), where, image)
+
+
+def _bbox_problem(bbox: object, where: str, image: dict) -> Exception | None:
+    numbers = isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite_number(v) for v in bbox)
+    if not numbers or bbox[2] <= 0 or bbox[3] <= 0:
+        return ValueError(f"{where}.bbox: expected 4 numbers [x, y, w, h] with w, h > 0, got {_short(bbox)}")
+    x, y, w, h = bbox
+    if x >= image["width"] or y >= image["height"] or x + w <= 0 or y + h <= 0:
+        return ValueError(
+            f"{where}.bbox: expected a box overlapping the {image['width']}x{image['height']} image, got {bbox}"
+        )
+    return None
+
+
+def _segmentation_problem(segmentation: object, where: str, image: dict) -> Exception | None:
+    """Absent or empty segmentation is allowed (detection-only data); a malformed one is not."""
+    if segmentation is None or segmentation == []:
+        return None
+    if isinstance(segmentation, dict):
+        size = [image["height"], image["width"]]
+        if segmentation.get("size") != size or not isinstance(segmentation.get("counts"), (str, list)):
+            return ValueError(
+                f"{where}.segmentation: expected RLE {{'size': {size}, 'counts': str | list}}, got {_short(segmentation)}"
+            )
+        return None
+    polygons_ok = isinstance(segmentation, list) and all(
+        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_finite_number(v) for v in p)
+        for p in segmentation
+    )
+    if not polygons_ok:
+        return ValueError(
+            f"{where}.segmentation: expected a list of polygons [x1, y1, x2, y2, x3, y3, ...] or an RLE dict, "
+            f"got {_short(segmentation)}"
+        )
+    return None
+
+
+def _normalised_annotation(ann: dict, index: int) -> dict:
+    """Fill the optional fields pycocotools reads, so it never sees a missing key."""
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    normal = {**ann, "bbox": [x, y, w, h], "iscrowd": int(ann.get("iscrowd", 0))}
+    normal.setdefault("id", index + 1)
+    normal.setdefault("area", w * h)
+    return normal
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,40 @@
+"""Stack `Sample`s into a `Batch`, marking every missing target explicitly."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from datasets.sample import IGNORE_INDEX, Batch, Sample
+
+
+def collate(samples: list[Sample]) -> Batch:
+    if not samples:
+        raise ValueError("collate: expected at least one sample, got an empty list")
+    images = _stack_images(samples)
+    height, width = images.shape[-2:]
+    return Batch(
+        image=images,
+        image_id=torch.tensor([s.image_id for s in samples], dtype=torch.int64),
+        orig_size=torch.tensor([list(s.orig_size) for s in samples], dtype=torch.int64),
+        label=torch.tensor([s.label if s.label is not None else 0 for s in samples], dtype=torch.int64),
+        has_label=torch.tensor([s.label is not None for s in samples]),
+        mask=torch.stack([_mask_or_ignore(s.mask, height, width) for s in samples]),
+        has_mask=torch.tensor([s.mask is not None for s in samples]),
+        boxes=[s.boxes if s.boxes is not None else torch.zeros(0, 4) for s in samples],
+        box_labels=[s.box_labels if s.box_labels is not None else torch.zeros(0, dtype=torch.int64) for s in samples],
+        # An empty box tensor with has_boxes True means "no objects"; with False, "not annotated".
+        has_boxes=torch.tensor([s.boxes is not None for s in samples]),
+    )
+
+
+def _stack_images(samples: list[Sample]) -> Tensor:
+    sizes = {tuple(s.image.shape) for s in samples}
+    if len(sizes) > 1:
+        raise ValueError(f"collate: expected images of one shape (resize in the transform), got {sorted(sizes)}")
+    return torch.stack([s.image for s in samples])
+
+
+def _mask_or_ignore(mask: Tensor | None, height: int, width: int) -> Tensor:
+    if mask is None:
+        return torch.full((height, width), IGNORE_INDEX, dtype=torch.int64)
+    return mask.long()

@@ -1,0 +1,56 @@
+"""The data contract between datasets, heads and the trainer.
+
+A `Sample` is one transformed image with whatever targets its source has;
+a `Batch` is what the collate function stacks from samples. A target a
+source does not provide is marked missing explicitly (`None` in a Sample,
+`has_*` False in a Batch); it is never an empty tensor that could be read
+as "no objects".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = 255  # semantic-mask pixels that no loss or metric may count
+
+
+@dataclass
+class Sample:
+    image: Tensor                      # [3,H,W] float32 in [0,1] (normalisation is the backbone's job)
+    image_id: int                      # id of the image in its source (COCO image id)
+    orig_size: tuple[int, int]         # (height, width) of the image on disk
+    label: int | None = None           # image-level class index 0..C-1
+    mask: Tensor | None = None         # [H,W] int64: 0 background, 1..C classes, IGNORE_INDEX unknown
+    boxes: Tensor | None = None        # [N,4] float32 xyxy in input pixels
+    box_labels: Tensor | None = None   # [N] int64 class index 0..C-1
+
+
+@dataclass
+class Batch:
+    image: Tensor                      # [B,3,H,W] float32 in [0,1]
+    image_id: Tensor                   # [B] int64
+    orig_size: Tensor                  # [B,2] int64 (height, width)
+    label: Tensor                      # [B] int64, 0 where missing (see has_label)
+    has_label: Tensor                  # [B] bool
+    mask: Tensor                       # [B,H,W] int64, IGNORE_INDEX where missing
+    has_mask: Tensor                   # [B] bool
+    boxes: list[Tensor] = field(default_factory=list)       # B x [N,4] xyxy; [0,4] where missing
+    box_labels: list[Tensor] = field(default_factory=list)  # B x [N]
+    has_boxes: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=True)
+
+        return Batch(
+            image=move(self.image), image_id=move(self.image_id), orig_size=move(self.orig_size),
+            label=move(self.label), has_label=move(self.has_label),
+            mask=move(self.mask), has_mask=move(self.has_mask),
+            boxes=[move(b) for b in self.boxes], box_labels=[move(b) for b in self.box_labels],
+            has_boxes=move(self.has_boxes),
+        )

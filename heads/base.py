@@ -1,0 +1,50 @@
+"""What every task head provides. The trainer relies on nothing else.
+
+A head is built from the backbone's feature channels and strides, the
+number of classes of the data, and its own options (a dataclass declared
+next to it). It owns its loss, its decoding into plain predictions and the
+metric its users judge it by.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from torch import Tensor, nn
+
+from datasets.sample import Batch
+
+
+class Metric(Protocol):
+    def update(self, predictions: Any, batch: Batch) -> None: ...
+    def compute(self) -> dict[str, float]: ...
+
+
+class Head(nn.Module):
+    """Base class: subclasses set `Options` and `kind` and implement the four methods."""
+
+    # What decode() returns: "classification" (probabilities [B,C]), "segmentation" (labels [B,H,W]),
+    # "detection" (per image {boxes xyxy, scores, labels}), "reconstruction" (images [B,3,H,W]).
+    kind: str = ""
+
+    def forward(self, features: list[Tensor], image: Tensor) -> Any:
+        raise NotImplementedError
+
+    def loss(self, outputs: Any, batch: Batch) -> dict[str, Tensor]:
+        """Named scalar terms whose sum is the task loss.
+
+        Samples whose target is missing are ignored; a batch with none
+        gives zero terms that stay connected to the graph (so DDP sees
+        every parameter used) and are never NaN.
+        """
+        raise NotImplementedError
+
+    def decode(self, outputs: Any) -> Any:
+        raise NotImplementedError
+
+    def metric(self) -> Metric:
+        raise NotImplementedError
+
+
+def zero_loss(outputs: Tensor) -> Tensor:
+    """A zero that keeps `outputs` in the graph, for batches without targets."""
+    return outputs.sum() * 0.0

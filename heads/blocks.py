@@ -1,0 +1,18 @@
+"""Small building blocks shared by the decoders."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def upsample_to(x: Tensor, reference: Tensor) -> Tensor:
+    """Bilinear resize of `x` to the spatial size of `reference`."""
+    return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,25 @@
+"""Heads by config type name. A new head is one file with a `Head` subclass plus a line here."""
+from __future__ import annotations
+
+from heads.autoencoder import AutoencoderHead
+from heads.base import Head
+from heads.classification import ClassificationHead
+from heads.unet import UNetHead
+from heads.yolo import YoloHead
+
+HEADS: dict[str, type[Head]] = {
+    "autoencoder": AutoencoderHead,
+    "classification": ClassificationHead,
+    "unet": UNetHead,
+    "yolo": YoloHead,
+}
+
+
+def head_class(type_name: str) -> type[Head]:
+    if type_name not in HEADS:
+        raise ValueError(f"unknown head type {type_name!r}; valid: {', '.join(sorted(HEADS))}")
+    return HEADS[type_name]
+
+
+def build(type_name: str, channels: list[int], strides: list[int], num_classes: int, options: object) -> Head:
+    return head_class(type_name)(channels, strides, num_classes, options)

@@ -1,0 +1,47 @@
+"""The eval job: a checkpoint (and optionally other data) -> metrics.json + detections.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from datasets.build import build_dataset
+from pipeline.checkpoint import load_checkpoint
+from pipeline.config import parse_config
+from pipeline.data import eval_loader
+from pipeline.device import select_device, select_precision
+from pipeline.evaluate import Evaluation, evaluate
+from pipeline.model import build_model
+
+
+def run_eval(checkpoint: str | Path, data: str | None = None, images: str | None = None,
+             out_dir: str | Path | None = None, device_name: str = "auto") -> tuple[Evaluation, Path]:
+    """Evaluate on the checkpoint's validation split, or on the COCO file `data`; write the results to `out_dir`."""
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    config = parse_config(state["config"], source=f"{checkpoint} (embedded config)")
+    annotations = Path(data or config.data.val)
+    dataset = build_dataset(config.data.format, annotations=annotations, images_root=Path(images) if images else None,
+                            image_size=config.data.image_size, train=False, augment=config.data.augment,
+                            skip_invalid=config.data.skip_invalid)
+    if list(dataset.class_names) != list(state["class_names"]):
+        raise ValueError(f"{annotations}: categories {dataset.class_names} do not match the classes the checkpoint "
+                         f"was trained on {state['class_names']}")
+    # The checkpoint holds every weight; do not ask for pretrained files.
+    model_config = dataclasses.replace(config.model, backbone=dataclasses.replace(config.model.backbone, pretrained=False))
+    model = build_model(model_config, num_classes=len(state["class_names"]))
+    model.load_state_dict(state["model"])
+    device = select_device(device_name)
+    evaluation = evaluate(model.to(device), eval_loader(dataset, config.data, config.seed), device,
+                          list(dataset.category_ids), select_precision(config.train.amp, device).autocast())
+    out = Path(out_dir) if out_dir else checkpoint.parent
+    write_results(evaluation, out)
+    return evaluation, out
+
+
+def write_results(evaluation: Evaluation, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2, sort_keys=True))
+    for task, results in evaluation.detections.items():
+        name = "detections.json" if len(evaluation.detections) == 1 else f"detections_{task}.json"
+        (out / name).write_text(json.dumps(results))

@@ -1,0 +1,50 @@
+"""Validation: run the model over a loader, feed every head's metric, collect detections."""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.sample import Batch
+from pipeline.model import MultiTaskModel
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]                                      # "task/metric" -> value
+    detections: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> COCO results
+
+
+def coco_results(predictions: list[dict[str, torch.Tensor]], batch: Batch, category_ids: list[int]) -> list[dict]:
+    """Detections in the COCO results format, in the coordinates of the image on disk."""
+    height, width = batch.image.shape[-2:]
+    results = []
+    for pred, image_id, (orig_h, orig_w) in zip(predictions, batch.image_id.tolist(), batch.orig_size.tolist()):
+        scale = torch.tensor([orig_w / width, orig_h / height, orig_w / width, orig_h / height])
+        boxes = pred["boxes"].detach().cpu().float() * scale
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), pred["scores"].tolist(), pred["labels"].tolist()):
+            results.append({"image_id": image_id, "category_id": category_ids[label],
+                            "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(score, 5)})
+    return results
+
+
+@torch.no_grad()
+def evaluate(model: MultiTaskModel, loader: DataLoader, device: torch.device, category_ids: list[int],
+             autocast: AbstractContextManager | None = None) -> Evaluation:
+    model.eval()
+    metrics = {task: head.metric() for task, head in model.heads.items()}
+    detections: dict[str, list[dict]] = {t: [] for t, h in model.heads.items() if h.kind == "detection"}
+    for batch in loader:
+        batch = batch.to(device)
+        with autocast or nullcontext():
+            outputs = model(batch.image)
+        for task, head in model.heads.items():
+            predictions = head.decode(outputs[task])
+            metrics[task].update(predictions, batch)
+            if task in detections:
+                detections[task] += coco_results(predictions, batch, category_ids)
+    flat = {f"{task}/{name}": value for task, metric in metrics.items() for name, value in metric.compute().items()}
+    return Evaluation(metrics=flat, detections=detections)

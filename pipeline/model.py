@@ -1,0 +1,32 @@
+"""One shared backbone, a dict of named task heads."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+import backbones
+from heads import registry as head_registry
+from heads.base import Head
+from pipeline.config import ModelConfig
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, backbone: backbones.Backbone, heads: dict[str, Head]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, image: Tensor) -> dict[str, Any]:
+        """`image`: [B,3,H,W] in [0,1]. Returns each head's raw outputs by task name."""
+        features = self.backbone(image)
+        return {task: head(features, image) for task, head in self.heads.items()}
+
+
+def build_model(config: ModelConfig, num_classes: int) -> MultiTaskModel:
+    backbone = backbones.build(config.backbone.name, pretrained=config.backbone.pretrained)
+    heads = {
+        task: head_registry.build(head.type, backbone.channels, backbone.strides, num_classes, head.options)
+        for task, head in config.heads.items()
+    }
+    return MultiTaskModel(backbone, heads)

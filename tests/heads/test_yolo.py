@@ -1,0 +1,179 @@
+"""YoloHead: shapes, target encoding, decoding with NMS, loss behaviour."""
+import math
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from datasets.sample import Batch
+from heads.detection_metric import CocoDetectionMetric
+from heads.yolo import YoloHead, YoloOptions, YoloOutputs, encode_boxes
+
+CHANNELS, STRIDES = [16, 24, 32, 96, 320], [2, 4, 8, 16, 32]
+NUM_CLASSES = 3
+HIGH, LOW = 12.0, -12.0  # logits that mean "certain yes" / "certain no"
+
+
+def make_batch(boxes: list[list[list[float]]], labels: list[list[int]], has_boxes: list[bool],
+               size: int = 64) -> Batch:
+    n = len(boxes)
+    return Batch(
+        image=torch.zeros(n, 3, size, size), image_id=torch.arange(n), orig_size=torch.full((n, 2), size),
+        label=torch.zeros(n, dtype=torch.long), has_label=torch.zeros(n, dtype=torch.bool),
+        mask=torch.zeros(n, size, size, dtype=torch.long), has_mask=torch.zeros(n, dtype=torch.bool),
+        boxes=[torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes],
+        box_labels=[torch.tensor(l, dtype=torch.long) for l in labels],
+        has_boxes=torch.tensor(has_boxes),
+    )
+
+
+def fake_features(batch_size: int, size: int, channels=CHANNELS, strides=STRIDES) -> list[torch.Tensor]:
+    return [torch.randn(batch_size, c, size // s, size // s) for c, s in zip(channels, strides)]
+
+
+def make_head(**options) -> YoloHead:
+    return YoloHead(CHANNELS, STRIDES, NUM_CLASSES, YoloOptions(**options))
+
+
+def empty_outputs(head: YoloHead, batch_size: int, size: int) -> YoloOutputs:
+    """Raw outputs that predict nothing anywhere."""
+    with torch.no_grad():
+        outputs = head(fake_features(batch_size, size), torch.zeros(batch_size, 3, size, size))
+    for level in outputs.levels:
+        level.zero_()
+        level[..., 4:] = LOW
+    return outputs
+
+
+def place(outputs: YoloOutputs, index: tuple, encoded: torch.Tensor, label: int) -> None:
+    """Make one prediction slot (image, anchor, y, x) of a level say `encoded` box of class `label`."""
+    level, *slot = index
+    raw = outputs.levels[level][tuple(slot)]
+    raw[:4] = encoded
+    raw[4] = HIGH
+    raw[5 + label] = HIGH
+
+
+def test_output_shapes_per_level():
+    head = make_head()
+    outputs = head(fake_features(2, 64), torch.zeros(2, 3, 64, 64))
+    assert outputs.image_size == (64, 64)
+    assert [tuple(level.shape) for level in outputs.levels] == [
+        (2, 3, 64 // s, 64 // s, 5 + NUM_CLASSES) for s in (8, 16, 32)
+    ]
+
+
+def test_missing_stride_raises_clear_error():
+    with pytest.raises(ValueError, match=r"stride 64.*\[2, 4, 8, 16, 32\]"):
+        make_head(strides=[16, 32, 64])
+
+
+@pytest.mark.parametrize("box_loss", ["giou", "mse"])
+def test_encoded_targets_decode_to_ground_truth(box_loss):
+    head = make_head(box_loss=box_loss)
+    # Small, medium, large and elongated boxes, one touching the border: several levels and anchors.
+    boxes = [[[4, 6, 16, 18], [30, 20, 70, 80], [80, 0, 96, 14]], [[50, 50, 60, 70], [8, 40, 88, 90]]]
+    labels = [[0, 2, 1], [1, 0]]
+    batch = make_batch(boxes, labels, [True, True], size=96)
+    outputs = empty_outputs(head, 2, 96)
+    targets = head.assign_targets(outputs, batch)
+    assert sum(len(t.image) for t in targets) == 5
+    assert len({len(t.image) > 0 for t in targets} - {False}) == 1 and sum(len(t.image) > 0 for t in targets) >= 2
+    for level, target in enumerate(targets):
+        for i in range(len(target.image)):
+            slot = (level, target.image[i], target.anchor[i], target.cell_y[i], target.cell_x[i])
+            place(outputs, slot, target.raw[i], int(target.labels[i]))
+
+    for prediction, gt_boxes, gt_labels in zip(head.decode(outputs), batch.boxes, batch.box_labels):
+        assert len(prediction["boxes"]) == len(gt_boxes)
+        iou = box_iou(gt_boxes, prediction["boxes"])
+        best = iou.argmax(dim=1)
+        assert (iou.amax(dim=1) > 0.99).all()
+        assert torch.equal(prediction["labels"][best], gt_labels)
+        assert prediction["labels"].dtype == torch.int64
+
+    losses = head.loss(outputs, batch)
+    assert losses["box"] < 1e-3 and losses["cls"] < 1e-3 and losses["obj"] < 1e-3
+
+
+def test_nms_is_class_aware():
+    head = make_head()
+    outputs = empty_outputs(head, 1, 64)
+    stride, anchors = head.strides[1], torch.tensor(head.anchors[1])
+    cell = torch.tensor([[1.0, 1.0]])  # box centres (24, 24) fall in cell (1, 1) of stride 16
+
+    def encoded(box, anchor):
+        return encode_boxes(torch.tensor([box]), cell, anchors[anchor:anchor + 1], stride)[0]
+
+    # Class 0 twice, nearly the same box from two anchors; class 1 overlapping it.
+    place(outputs, (1, 0, 0, 1, 1), encoded([12.0, 12.0, 36.0, 36.0], 0), label=0)
+    place(outputs, (1, 0, 1, 1, 1), encoded([13.0, 12.0, 37.0, 36.0], 1), label=0)
+    place(outputs, (1, 0, 2, 1, 1), encoded([14.0, 14.0, 34.0, 34.0], 2), label=1)
+    prediction = head.decode(outputs)[0]
+    assert sorted(prediction["labels"].tolist()) == [0, 1]
+    assert (prediction["boxes"] >= 0).all() and (prediction["boxes"] <= 64).all()
+
+
+@pytest.mark.parametrize("box_loss", ["giou", "mse"])
+def test_overfits_one_batch(box_loss):
+    torch.manual_seed(0)
+    channels, strides, size = [8, 16, 32], [8, 16, 32], 64
+    head = YoloHead(channels, strides, NUM_CLASSES, YoloOptions(neck_channels=32, box_loss=box_loss))
+    features = fake_features(2, size, channels, strides)
+    image = torch.zeros(2, 3, size, size)
+    batch = make_batch([[[5, 5, 18, 18], [24, 12, 60, 52]], [[30, 30, 44, 50]]], [[0, 2], [1]], [True, True])
+    optimiser = torch.optim.Adam(head.parameters(), lr=3e-3)
+    history = []
+    for _ in range(150):
+        total = sum(head.loss(head(features, image), batch).values())
+        optimiser.zero_grad()
+        total.backward()
+        optimiser.step()
+        history.append(total.item())
+    assert history[-1] < 0.5 * history[0]
+
+    head.eval()
+    for prediction, gt_boxes, gt_labels in zip(head.decode(head(features, image)), batch.boxes, batch.box_labels):
+        top = slice(0, len(gt_boxes))  # the most confident predictions are the objects
+        iou = box_iou(gt_boxes, prediction["boxes"][top])
+        assert (iou.amax(dim=1) > 0.7).all()
+        assert torch.equal(prediction["labels"][top][iou.argmax(dim=1)], gt_labels)
+
+
+def test_batch_without_box_annotations_gives_zero_loss_and_finite_gradients():
+    head = make_head()
+    batch = make_batch([[[4, 4, 20, 20]], []], [[1], []], [False, False])
+    losses = head.loss(head(fake_features(2, 64), batch.image), batch)
+    assert set(losses) == {"obj", "box", "cls"}
+    for value in losses.values():
+        assert value.item() == 0.0
+    sum(losses.values()).backward()
+    for parameter in head.parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all()
+
+
+def test_images_without_box_annotations_contribute_nothing():
+    torch.manual_seed(0)
+    head = make_head()
+    features = fake_features(2, 64)
+    annotated = [[10, 10, 30, 40]]
+    with_garbage = make_batch([annotated, [[0, 0, 64, 64], [5, 5, 9, 9]]], [[0], [2, 1]], [True, False])
+    without = make_batch([annotated, []], [[0], []], [True, False])
+    head.eval()  # same BN statistics for both calls
+    outputs = head(features, with_garbage.image)
+    a, b = head.loss(outputs, with_garbage), head.loss(outputs, without)
+    for name in a:
+        assert torch.allclose(a[name], b[name])
+
+
+def test_annotated_image_without_objects_trains_objectness_only():
+    head = make_head()
+    batch = make_batch([[]], [[]], [True])
+    losses = head.loss(head(fake_features(1, 64), batch.image), batch)
+    assert losses["obj"] > 0
+    assert losses["box"].item() == 0.0 and losses["cls"].item() == 0.0
+    assert math.isclose(losses["obj"].item(), -math.log(0.99), rel_tol=0.5)  # prior objectness ~0.01
+
+
+def test_metric_is_coco_detection_metric():
+    assert isinstance(make_head().metric(), CocoDetectionMetric)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from heads.unet import UNetOptions
+from pipeline.config import apply_overrides, config_to_dict, load_config, parse_config
+from pipeline.typed_config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def minimal() -> dict:
+    return {
+        "data": {"train": "t/annotations.json", "val": "v/annotations.json"},
+        "model": {"heads": {"seg": {"type": "unet", "weight": 2, "decoder_channels": [8, 8, 8, 8, 8]}}},
+    }
+
+
+def test_shipped_configs_load():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+def test_heads_are_validated_into_their_own_options():
+    config = parse_config(minimal())
+    head = config.model.heads["seg"]
+    assert head.weight == 2.0 and isinstance(head.weight, float)
+    assert head.options == UNetOptions(decoder_channels=[8, 8, 8, 8, 8])
+
+
+def test_typo_names_the_file_the_key_and_the_nearest_valid_key(tmp_path):
+    raw = minimal()
+    raw["train"] = {"epochz": 3}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"exp\.yaml: train\.epochz: unknown key\. Did you mean 'epochs'\?"):
+        load_config(path)
+
+
+def test_typo_inside_a_head_suggests_that_heads_option():
+    raw = minimal()
+    raw["model"]["heads"]["seg"]["decoder_channel"] = [4]
+    with pytest.raises(ConfigError, match=r"model\.heads\.seg\.decoder_channel: unknown key\. Did you mean 'decoder_channels'"):
+        parse_config(raw)
+
+
+def test_wrong_type_and_unknown_head_type_are_errors():
+    raw = minimal()
+    raw["train"] = {"epochs": "ten"}
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got 'ten'"):
+        parse_config(raw)
+    raw = minimal()
+    raw["model"]["heads"]["seg"]["type"] = "unett"
+    with pytest.raises(ConfigError, match=r"unknown head type 'unett'; valid: .*unet"):
+        parse_config(raw)
+
+
+def test_overrides_are_parsed_as_yaml_and_validated():
+    raw = apply_overrides(minimal(), ["train.epochs=3", "train.optimizer.lr=0.01", "model.backbone.pretrained=false"])
+    config = parse_config(raw)
+    assert (config.train.epochs, config.train.optimizer.lr, config.model.backbone.pretrained) == (3, 0.01, False)
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config(apply_overrides(minimal(), ["train.optimiser.lr=0.1"]))
+
+
+def test_round_trip_through_plain_data():
+    config = parse_config(minimal())
+    assert parse_config(yaml.safe_load(yaml.safe_dump(config_to_dict(config)))) == config

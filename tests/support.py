@@ -1,0 +1,49 @@
+"""Builders shared across the suite (importable as `support`: tests/ is on pytest's pythonpath)."""
+from __future__ import annotations
+
+import torch
+
+from datasets.sample import IGNORE_INDEX, Batch
+
+CHANNELS = [8, 12, 16, 24, 32]
+STRIDES = [2, 4, 8, 16, 32]
+
+
+def make_batch(size: int = 64, batch: int = 2, num_classes: int = 3, seed: int = 0) -> Batch:
+    """Images with one filled rectangle each; label, mask and box all describe that rectangle."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, size, size, generator=g) * 0.2
+    masks = torch.zeros(batch, size, size, dtype=torch.long)
+    labels, boxes, box_labels = [], [], []
+    for i in range(batch):
+        cls = i % num_classes
+        x1, y1 = 8 + 4 * i, 10 + 2 * i
+        x2, y2 = x1 + 24, y1 + 20
+        images[i, cls, y1:y2, x1:x2] = 0.9
+        masks[i, y1:y2, x1:x2] = cls + 1
+        labels.append(cls)
+        boxes.append(torch.tensor([[x1, y1, x2, y2]], dtype=torch.float32))
+        box_labels.append(torch.tensor([cls]))
+    return Batch(
+        image=images, image_id=torch.arange(batch), orig_size=torch.full((batch, 2), size),
+        label=torch.tensor(labels), has_label=torch.ones(batch, dtype=torch.bool),
+        mask=masks, has_mask=torch.ones(batch, dtype=torch.bool),
+        boxes=boxes, box_labels=box_labels, has_boxes=torch.ones(batch, dtype=torch.bool),
+    )
+
+
+def without_targets(batch: Batch) -> Batch:
+    """The same images with every target marked missing."""
+    n = len(batch)
+    return Batch(
+        image=batch.image, image_id=batch.image_id, orig_size=batch.orig_size,
+        label=torch.zeros(n, dtype=torch.long), has_label=torch.zeros(n, dtype=torch.bool),
+        mask=torch.full_like(batch.mask, IGNORE_INDEX), has_mask=torch.zeros(n, dtype=torch.bool),
+        boxes=[torch.zeros(0, 4)] * n, box_labels=[torch.zeros(0, dtype=torch.long)] * n,
+        has_boxes=torch.zeros(n, dtype=torch.bool),
+    )
+
+
+def fake_features(batch: int, size: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, c, size // s, size // s, generator=g) for c, s in zip(CHANNELS, STRIDES)]
