@@ -113,7 +113,7 @@ def _render_image(rng: np.random.Generator, size: int, num_shapes: int) -> tuple
         shapes.append(shape)
     canvas += rng.normal(0.0, NOISE_STD, canvas.shape).astype(np.float32)
     image = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    visible = [(shape.category_id, shape.pixels) for index, shape in enumerate(shapes)]
+    visible = [(shape.category_id, owner == index) for index, shape in enumerate(shapes)]
     return image, [(cat, m) for cat, m in visible if m.sum() >= MIN_VISIBLE_PIXELS]
 
 

@@ -73,9 +73,9 @@ def test_crowd_is_ignored_in_the_mask_and_absent_from_boxes(tmp_path, kit):
     crowd[16:, :] = 1
     person = np.zeros((32, 32), np.uint8)
     person[20:26, 4:10] = 1
-    anns = [
-        kit.box(1, 1, 1, [0, 16, 32, 16], segmentation=kit.rle(crowd), iscrowd=1),
-        kit.box(2, 1, 1, [4, 20, 6, 6], segmentation=kit.rle(person)),
+    anns = [  # the crowd comes later in the file, yet must not hide the outlined person
+        kit.box(1, 1, 1, [4, 20, 6, 6], segmentation=kit.rle(person)),
+        kit.box(2, 1, 1, [0, 16, 32, 16], segmentation=kit.rle(crowd), iscrowd=1),
     ]
     sample = CocoDataset(kit.write(tmp_path, [kit.image(1)], anns))[0]
     torch.testing.assert_close(sample.boxes, torch.tensor([[4.0, 20.0, 10.0, 26.0]]))
