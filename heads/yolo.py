@@ -219,14 +219,11 @@ class YoloHead(Head):
 
     def _anchor_table(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Every anchor of every level: its level, its index within the level and its [w, h]."""
-        level_of, anchor_of, shapes = [], [], []
-        for level, priors in enumerate(self.anchors):
-            for index, wh in enumerate(priors):
-                level_of.append(level)
-                anchor_of.append(index)
-                shapes.append(wh)
-        as_long = dict(dtype=torch.long, device=device)
-        return torch.tensor(level_of, **as_long), torch.tensor(anchor_of, **as_long), torch.tensor(shapes, device=device)
+        table = [(level, index, wh)
+                 for level, priors in enumerate(self.anchors) for index, wh in enumerate(priors)]
+        level_of, anchor_of, shapes = zip(*table)
+        return (torch.tensor(level_of, device=device), torch.tensor(anchor_of, device=device),
+                torch.tensor(shapes, device=device))
 
     def _level_targets(self, level: int, grid: tuple[int, int], image: Tensor, anchor: Tensor,
                        boxes: Tensor, labels: Tensor) -> LevelTargets:
@@ -306,7 +303,8 @@ class YoloHead(Head):
         # Original YOLOv3: squared error on the centre offsets and log-scales.
         def parameters(t: Tensor) -> Tensor:
             return torch.cat([_centre_offset(t[:, :2]), t[:, 2:4]], dim=1)
-        return F.mse_loss(parameters(positives.raw), parameters(positives.encoded), reduction="none").sum(dim=1).mean()
+        squared = F.mse_loss(parameters(positives.raw), parameters(positives.encoded), reduction="none")
+        return squared.sum(dim=1).mean()
 
     # ---- predictions -------------------------------------------------------
 

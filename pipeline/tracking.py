@@ -15,7 +15,6 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import TrackingConfig
 
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
-DEFAULT_ARTIFACTS = Path("runs/artifacts")
 
 
 def resolve_uri(config: TrackingConfig) -> str:
@@ -39,8 +38,9 @@ class Tracker:
 
     def __init__(self, config: TrackingConfig) -> None:
         self.uri = resolve_uri(config)
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.local_db = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
+        if self.local_db:
+            self.local_db.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = self._experiment(config.experiment)
         self.run_name = config.run_name
@@ -50,8 +50,8 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        # A local store keeps artifacts beside the database; a server decides for itself.
-        location = DEFAULT_ARTIFACTS.resolve().as_uri() if self.uri == DEFAULT_URI else None
+        # A local sqlite store keeps artifacts beside the database (MLflow would use ./mlruns); a server decides itself.
+        location = (self.local_db.parent / "artifacts").resolve().as_uri() if self.local_db else None
         return self.client.create_experiment(name, artifact_location=location)
 
     def start(self, params: dict[str, Any], tags: dict[str, str]) -> str:

@@ -78,7 +78,7 @@ def test_encoded_targets_decode_to_ground_truth(box_loss):
     outputs = empty_outputs(head, 2, 96)
     targets = head.assign_targets(outputs, batch)
     assert sum(len(t.image) for t in targets) == 5
-    assert len({len(t.image) > 0 for t in targets} - {False}) == 1 and sum(len(t.image) > 0 for t in targets) >= 2
+    assert sum(len(t.image) > 0 for t in targets) >= 2  # the boxes spread over several levels
     for level, target in enumerate(targets):
         for i in range(len(target.image)):
             slot = (level, target.image[i], target.anchor[i], target.cell_y[i], target.cell_x[i])
