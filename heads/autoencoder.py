@@ -1,7 +1,8 @@
-"""Autoencoder: reconstruct the input image from the deepest shared features only.
+"""Autoencoder: reconstruct the input image from one shared feature map only.
 
-No skip connections: the stride-32 map is the bottleneck, so the backbone
-has to encode the image, which is the point of autoencoder pre-training.
+No skip connections: the chosen map (by default the deepest) is the
+bottleneck, so the backbone has to encode the image, which is the point of
+autoencoder pre-training.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from heads.blocks import conv_bn_relu
 class AutoencoderOptions:
     # Channels after each x2 upsampling step, from the bottleneck to full resolution.
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32, 16, 16])
+    # Stride of the backbone map that is the bottleneck; null = the deepest one.
+    bottleneck_stride: int | None = None
 
 
 class AutoencoderHead(Head):
@@ -29,12 +32,17 @@ class AutoencoderHead(Head):
 
     def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: AutoencoderOptions) -> None:
         super().__init__()
-        steps = (strides[-1]).bit_length() - 1
-        if 2 ** steps != strides[-1] or len(options.decoder_channels) != steps:
+        stride = options.bottleneck_stride or strides[-1]
+        if stride not in strides:
+            raise ValueError(f"autoencoder.bottleneck_stride: expected one of the backbone's strides {strides}, "
+                             f"got {stride}")
+        self.level = strides.index(stride)
+        steps = stride.bit_length() - 1
+        if 2 ** steps != stride or len(options.decoder_channels) != steps:
             raise ValueError(f"autoencoder.decoder_channels: expected {steps} entries (one per x2 step up from "
-                             f"stride {strides[-1]}), got {len(options.decoder_channels)}")
+                             f"stride {stride}), got {len(options.decoder_channels)}")
         layers: list[nn.Module] = []
-        in_channels = channels[-1]
+        in_channels = channels[self.level]
         for out_channels in options.decoder_channels:
             layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                        conv_bn_relu(in_channels, out_channels)]
@@ -43,7 +51,7 @@ class AutoencoderHead(Head):
         self.decoder = nn.Sequential(*layers)
 
     def forward(self, features: list[Tensor], image: Tensor) -> Tensor:
-        return self.decoder(features[-1])
+        return self.decoder(features[self.level])
 
     def loss(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
         return {"mse": F.mse_loss(outputs, batch.image)}
