@@ -44,6 +44,10 @@ class DataConfig:
 class BackboneConfig:
     name: str = "mobilenet_v2"
     pretrained: bool | str = False      # false | true | weights name (IMAGENET1K_V1) | state-dict file
+    # Transfer learning. freeze: "none" | "all" | N = the first N stages (weights and BatchNorm statistics).
+    freeze: Literal["none", "all"] | int = "none"
+    unfreeze_every: int = 0             # progressive unfreezing: every K epochs the top frozen stage thaws; 0 = never
+    stage_lr: list[float] | None = None # learning-rate multiplier per backbone stage, shallowest first (heads: 1.0)
 
 
 @dataclass

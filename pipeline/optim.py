@@ -4,24 +4,29 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from pipeline.config import OptimizerConfig, SchedulerConfig
+from pipeline.config import BackboneConfig, OptimizerConfig, SchedulerConfig
+from pipeline.model import MultiTaskModel
+from pipeline.transfer import parameter_groups
 
 
-def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: MultiTaskModel, config: OptimizerConfig, backbone: BackboneConfig) -> torch.optim.Optimizer:
+    """Every parameter is in a group, frozen ones included: they get no gradient, hence no state, until thawed."""
+    groups = parameter_groups(model, model.backbone, config.lr, backbone.stage_lr)
     if config.name == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.name == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                            nesterov=config.momentum > 0)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, steps_per_epoch: int,
                     epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay to zero (or constant); stepped once per optimiser step."""
+    """Linear warm-up, then cosine decay to zero (or constant); stepped once per optimiser step.
+
+    The factor scales each group's own learning rate, so per-stage multipliers hold throughout.
+    """
     warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
     total = max(warmup + 1, steps_per_epoch * epochs)
 

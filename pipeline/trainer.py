@@ -19,6 +19,7 @@ from pipeline.evaluate import Evaluation, evaluate
 from pipeline.model import MultiTaskModel
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.tracking import Tracker
+from pipeline.transfer import freeze_batchnorm_statistics, frozen_stages, set_frozen
 from pipeline.weighting import static_weighting
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Trainer:
         self.train_loader, self.val_loader = train_loader, val_loader
         self.data_info = data_info
         self.device, self.precision, self.tracker = device, precision, tracker
-        self.optimizer = build_optimizer(model, config.train.optimizer)
+        self.optimizer = build_optimizer(model, config.train.optimizer, config.model.backbone)
         self.scheduler = build_scheduler(self.optimizer, config.train.scheduler, len(train_loader), config.train.epochs)
         self.scaler = precision.scaler()
         self.weights = {task: head.weight for task, head in config.model.heads.items()}
@@ -73,7 +74,7 @@ class Trainer:
         return TrainResult(evaluation, self.checkpoint_path, history, time.perf_counter() - start)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
+        frozen = self.set_train_mode(epoch)
         sums: dict[str, float] = defaultdict(float)
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.config.train.epochs}", leave=False,
                    dynamic_ncols=True, disable=None)
@@ -82,7 +83,17 @@ class Trainer:
             for key, value in values.items():
                 sums[key] += value
             bar.set_postfix(loss=f"{sums['loss'] / step:.4f}")
-        return {key: total / len(self.train_loader) for key, total in sums.items()}
+        means = {key: total / len(self.train_loader) for key, total in sums.items()}
+        return {**means, "backbone/frozen_stages": float(frozen), "lr": self.optimizer.param_groups[-1]["lr"]}
+
+    def set_train_mode(self, epoch: int) -> int:
+        """Training mode, with this epoch's frozen stages fixed (weights and BatchNorm statistics)."""
+        backbone = self.model.backbone
+        frozen = frozen_stages(self.config.model.backbone, len(backbone.stages), epoch)
+        set_frozen(backbone, frozen)
+        self.model.train()
+        freeze_batchnorm_statistics(backbone, frozen)
+        return frozen
 
     def train_step(self, batch: Any) -> dict[str, float]:
         with self.precision.autocast():
@@ -93,7 +104,8 @@ class Trainer:
         self.scaler.scale(loss.total).backward()
         if self.config.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+            trainable = [p for p in self.model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(trainable, self.config.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
