@@ -13,10 +13,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.coco import CocoDataset
+from datasets.imagefolder import ImageFolderDataset
 from datasets.collate import collate
 from datasets.transforms import AugmentOptions, build_transform
 
-FORMATS: dict[str, type[Dataset]] = {"coco": CocoDataset}
+FORMATS: dict[str, type[Dataset]] = {"coco": CocoDataset, "imagefolder": ImageFolderDataset}
 
 
 def build_dataset(

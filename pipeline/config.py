@@ -29,9 +29,9 @@ class ShapesConfig:
 
 @dataclass
 class DataConfig:
-    train: str                          # COCO annotation file of the training split
-    val: str                            # COCO annotation file of the validation split
-    format: str = "coco"
+    train: str                          # training split: a COCO annotation file, or a folder for imagefolder
+    val: str                            # validation split, likewise
+    format: str = "coco"                # coco | imagefolder (root/<class>/<image>, labels only)
     image_size: int = 128
     batch_size: int = 16
     num_workers: int = 2
