@@ -1,22 +1,35 @@
-"""Backbones by name. A new backbone is one file with `build(pretrained, **options)` plus a line here."""
+"""Backbones by name. A new family is one file exporting `BACKBONES = {name: build}` plus a line here."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from backbones import mobilenet_v2, resnet18
+from backbones import (
+    alexnet, efficientnet, googlenet, lenet, mobilenet_v2, mobilenet_v3, resnet, shufflenet_v2, timm_models, vgg,
+)
 from backbones.base import Backbone
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
-    "mobilenet_v2": mobilenet_v2.build,
-    "resnet18": resnet18.build,
+    **lenet.BACKBONES,
+    **alexnet.BACKBONES,
+    **vgg.BACKBONES,
+    **googlenet.BACKBONES,
+    **resnet.BACKBONES,
+    **mobilenet_v2.BACKBONES,
+    **mobilenet_v3.BACKBONES,
+    **shufflenet_v2.BACKBONES,
+    **efficientnet.BACKBONES,
+    **timm_models.BACKBONES,
 }
+TIMM_PREFIX = "timm:"  # `timm:<model name>`: any timm model through its features_only interface
 
 
 def names() -> list[str]:
     return sorted(BACKBONES)
 
 
-def build(name: str, pretrained: bool | str = False, **options: Any) -> Backbone:
+def build(name: str, pretrained: bool | str | None = False, **options: Any) -> Backbone:
+    if name.startswith(TIMM_PREFIX):
+        return timm_models.build(name[len(TIMM_PREFIX):], pretrained=pretrained, **options)
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(names())}")
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(names())}, or {TIMM_PREFIX}<timm model name>")
     return BACKBONES[name](pretrained=pretrained, **options)

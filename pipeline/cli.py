@@ -1,4 +1,5 @@
-"""Command line: `python -m pipeline train CONFIG [key=value ...]` and `python -m pipeline eval CHECKPOINT`."""
+"""Command line: `python -m pipeline train CONFIG [key=value ...]`, `python -m pipeline eval CHECKPOINT` and
+`python -m pipeline summary BACKBONE_OR_CONFIG` (complexity report)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ev.add_argument("--images", help="folder the annotation file's image paths are relative to")
     ev.add_argument("--out", help="output folder (default: the checkpoint's folder)")
     ev.add_argument("--device", default="auto")
+    summary = commands.add_parser(
+        "summary", help="complexity report: per-layer shape, params, FLOPs, activation memory, receptive field")
+    summary.add_argument("target", help="backbone name, classifier name (with --classifier) or experiment YAML")
+    summary.add_argument("--input", help="input CxHxW, e.g. 3x224x224 (default: 3x224x224, or the config's image_size)")
+    summary.add_argument("--classifier", action="store_true",
+                         help="the whole published classifier (torchvision get_model, else timm) instead of the backbone")
+    summary.add_argument("--depth", type=int, help="rows: modules N levels deep (default: conv/linear/pool/norm layers)")
+    summary.add_argument("--classes", type=int, help="classes for a config's heads (default: from its data if cheap, else 3)")
+    summary.add_argument("--no-rf", dest="receptive_fields", action="store_false",
+                         help="skip the receptive-field measurement (faster on large models)")
     return parser.parse_args(argv)
 
 
@@ -35,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
             result, run_id = run_training(load_config(args.config, args.overrides))
             print(metrics_table(result.evaluation.metrics, title=f"val metrics (run {run_id})"))
             print(f"trained in {result.seconds:.0f} s; checkpoint: {result.checkpoint}")
+        elif args.command == "summary":
+            from pipeline.summary import run as run_summary
+
+            try:
+                print(run_summary(args.target, args.input, args.classifier, args.depth, args.classes,
+                                  args.receptive_fields))
+            except ValueError as error:  # unknown name, bad --input
+                print(f"error: {error}", file=sys.stderr)
+                return 2
         else:
             from pipeline.eval_checkpoint import run_eval
 
