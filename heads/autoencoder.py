@@ -51,7 +51,10 @@ class AutoencoderHead(Head):
         self.decoder = nn.Sequential(*layers)
 
     def forward(self, features: list[Tensor], image: Tensor) -> Tensor:
-        return self.decoder(features[self.level])
+        out = self.decoder(features[self.level])
+        if out.shape[-2:] != image.shape[-2:]:  # unpadded backbones (AlexNet) lose a cell per stage
+            out = F.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return out
 
     def loss(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
         return {"mse": F.mse_loss(outputs, batch.image)}
