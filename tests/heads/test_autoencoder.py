@@ -23,3 +23,13 @@ def test_bad_bottleneck_settings_name_the_option():
         AutoencoderHead(CHANNELS, STRIDES, 3, AutoencoderOptions([8], bottleneck_stride=64))
     with pytest.raises(ValueError, match="decoder_channels: expected 5 entries"):
         AutoencoderHead(CHANNELS, STRIDES, 3, AutoencoderOptions([8, 8]))
+
+
+def test_output_matches_the_input_on_an_unpadded_backbone():
+    import backbones
+
+    backbone = backbones.build("alexnet").eval()  # its maps are one cell short of H/stride
+    head = AutoencoderHead(backbone.channels, backbone.strides, 3, AutoencoderOptions([8, 8, 8, 8, 8])).eval()
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert head(backbone(image), image).shape == image.shape
