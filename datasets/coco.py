@@ -54,6 +54,12 @@ class CocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def box_sizes(self) -> np.ndarray:
+        """[N, 4] (w, h, image width, image height) of every non-crowd box, for `datasets.summary`."""
+        rows = [(*ann["bbox"][2:], self.coco.imgs[ann["image_id"]]["width"], self.coco.imgs[ann["image_id"]]["height"])
+                for ann in self.coco.dataset["annotations"] if not ann["iscrowd"]]
+        return np.array(rows, np.float32).reshape(-1, 4)
+
     def __getitem__(self, index: int) -> Sample:
         return apply_transform(self.transform, self.read_record(index))
 

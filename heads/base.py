@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from torch import Tensor, nn
 
 from datasets.sample import Batch
+from datasets.summary import DataSummary
 
 
 class Metric(Protocol):
@@ -43,6 +44,17 @@ class Head(nn.Module):
 
     def metric(self) -> Metric:
         raise NotImplementedError
+
+    # Optional hooks; the defaults do nothing.
+
+    def corrupt(self, image: Tensor) -> Tensor | None:
+        """A head that learns from a corrupted input (denoising) returns it here; the model then runs the
+        backbone once more, on it, for this head alone, in training mode only. None: the shared features."""
+        return None
+
+    def fit_data(self, summary: DataSummary) -> None:
+        """Called once before training with statistics of the training set (e.g. box sizes for auto
+        anchors). Whatever is fitted must live in buffers, so checkpoints restore it."""
 
 
 def zero_loss(outputs: Tensor) -> Tensor:

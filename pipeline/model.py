@@ -20,7 +20,14 @@ class MultiTaskModel(nn.Module):
     def forward(self, image: Tensor) -> dict[str, Any]:
         """`image`: [B,3,H,W] in [0,1]. Returns each head's raw outputs by task name."""
         features = self.backbone(image)
-        return {task: head(features, image) for task, head in self.heads.items()}
+        outputs = {}
+        for task, head in self.heads.items():
+            corrupted = head.corrupt(image) if self.training else None
+            if corrupted is None:
+                outputs[task] = head(features, image)
+            else:  # a denoising head sees features of its own corrupted copy; the others stay clean
+                outputs[task] = head(self.backbone(corrupted), corrupted)
+        return outputs
 
 
 def build_model(config: ModelConfig, num_classes: int) -> MultiTaskModel:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from datasets.summary import summarize
 from pipeline.config import Config, config_to_dict
 from pipeline.data import build_splits, eval_loader, train_loader
 from pipeline.device import select_device, select_precision
@@ -23,6 +24,9 @@ def run_training(config: Config) -> tuple[TrainResult, str]:
     seed_everything(config.seed)
     splits = build_splits(config.data)
     model = build_model(config.model, num_classes=len(splits.class_names))
+    summary = summarize(splits.train, config.data.image_size)
+    for head in model.heads.values():
+        head.fit_data(summary)
     device = select_device(config.train.device)
     precision = select_precision(config.train.amp, device)
     tracker = Tracker(config.tracking)

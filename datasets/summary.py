@@ -1,0 +1,28 @@
+"""Statistics of a training set that a head may fit itself to before training (e.g. YOLO's auto anchors).
+
+Read from the annotations alone, without decoding images or augmenting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataSummary:
+    image_size: int          # the network input is image_size x image_size
+    num_classes: int
+    box_sizes: Tensor        # [N, 2] float (w, h) of every training box in network-input pixels
+
+
+def summarize(dataset: Dataset, image_size: int) -> DataSummary:
+    """Readers that know boxes expose `box_sizes()`: [N, 4] (w, h, image_w, image_h) in pixels on disk."""
+    sizes = dataset.box_sizes() if hasattr(dataset, "box_sizes") else np.zeros((0, 4), np.float32)
+    sizes = np.asarray(sizes, np.float32).reshape(-1, 4)
+    scaled = sizes[:, :2] * image_size / sizes[:, 2:]  # validation-style plain resize to a square
+    return DataSummary(image_size=image_size, num_classes=len(dataset.class_names),
+                       box_sizes=torch.from_numpy(np.ascontiguousarray(scaled)))
