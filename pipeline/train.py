@@ -12,6 +12,7 @@ from pipeline.config import Config, config_to_dict
 from pipeline.data import build_splits, eval_loader, train_loader
 from pipeline.device import select_device, select_precision
 from pipeline.model import build_model
+from pipeline.pretrained import with_local_weights
 from pipeline.seeding import seed_everything
 from pipeline.tracking import Tracker
 from pipeline.trainer import DataInfo, Trainer, TrainResult
@@ -23,13 +24,13 @@ def run_training(config: Config) -> tuple[TrainResult, str]:
     """Train; return the result and the MLflow run id."""
     seed_everything(config.seed)
     splits = build_splits(config.data)
-    model = build_model(config.model, num_classes=len(splits.class_names))
+    tracker = Tracker(config.tracking)
+    model = build_model(with_local_weights(config.model, tracker.uri), num_classes=len(splits.class_names))
     summary = summarize(splits.train, config.data.image_size)
     for head in model.heads.values():
         head.fit_data(summary)
     device = select_device(config.train.device)
     precision = select_precision(config.train.amp, device)
-    tracker = Tracker(config.tracking)
     run_id = tracker.start(config_to_dict(config), tags={
         "mlflow.source.name": "python -m pipeline train",
         "command": " ".join(sys.argv),
