@@ -2,9 +2,11 @@
 
 Class index i is the i-th category by ascending COCO id (`category_ids[i]`).
 Per image: semantic mask (0 background, index+1 per class, crowd = IGNORE_INDEX),
-boxes xyxy of the non-crowd objects, and an image label (the class with the
-largest visible area). Annotations are validated eagerly; images are decoded
-lazily in __getitem__.
+boxes xyxy of the non-crowd objects, an image label (the class with the
+largest visible area) and a multi-hot of the classes with at least one
+non-crowd object (all zero for an image without objects, which is known,
+not missing). Annotations are validated eagerly; images are decoded lazily
+in __getitem__.
 """
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ class CocoDataset(Dataset):
             mask=mask,
             boxes=_xyxy_boxes(objects, image.shape[:2]),
             box_labels=np.array([self._class_of[ann["category_id"]] for ann in objects], np.int64),
+            multi_label=self._multi_hot(objects),
         )
 
     def _load_image(self, image_id: int) -> np.ndarray:
@@ -114,6 +117,11 @@ class CocoDataset(Dataset):
             value = IGNORE_INDEX if ann["iscrowd"] else self._class_of[ann["category_id"]] + 1
             mask[self.coco.annToMask(ann).astype(bool)] = value
         return mask
+
+    def _multi_hot(self, objects: list[dict]) -> np.ndarray:
+        present = np.zeros(len(self.category_ids), np.float32)
+        present[[self._class_of[ann["category_id"]] for ann in objects]] = 1.0
+        return present
 
     def _image_label(self, objects: list[dict], mask: np.ndarray | None) -> int | None:
         """The class covering the largest visible area; box areas when there is no mask. Ties: lowest index."""

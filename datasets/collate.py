@@ -24,6 +24,8 @@ def collate(samples: list[Sample]) -> Batch:
         box_labels=[s.box_labels if s.box_labels is not None else torch.zeros(0, dtype=torch.int64) for s in samples],
         # An empty box tensor with has_boxes True means "no objects"; with False, "not annotated".
         has_boxes=torch.tensor([s.boxes is not None for s in samples]),
+        multi_label=_multi_hot_or_zeros(samples),
+        has_multi_label=torch.tensor([s.multi_label is not None for s in samples]),
     )
 
 
@@ -38,3 +40,13 @@ def _mask_or_ignore(mask: Tensor | None, height: int, width: int) -> Tensor:
     if mask is None:
         return torch.full((height, width), IGNORE_INDEX, dtype=torch.int64)
     return mask.long()
+
+
+def _multi_hot_or_zeros(samples: list[Sample]) -> Tensor:
+    """[B, C] multi-hot; rows of samples without one are zero (has_multi_label tells them apart from "none")."""
+    widths = {s.multi_label.shape[0] for s in samples if s.multi_label is not None}
+    if len(widths) > 1:
+        raise ValueError(f"collate: expected multi-labels of one class count, got {sorted(widths)}")
+    width = widths.pop() if widths else 0
+    return torch.stack([s.multi_label.float() if s.multi_label is not None else torch.zeros(width)
+                        for s in samples])

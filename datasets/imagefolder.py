@@ -1,13 +1,14 @@
 """Read a class-per-folder image tree (`root/<class name>/<image>`) as image-label samples.
 
-Only the image-level label is known, so masks and boxes are missing (None),
-never empty. Class index i is the i-th folder name in sorted order.
+Only the image-level label (and its one-hot multi-label) is known, so masks
+and boxes are missing (None), never empty. Class index i is the i-th folder name in sorted order.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from datasets.image_io import load_rgb
@@ -60,7 +61,8 @@ class ImageFolderDataset(Dataset):
             position = (index + attempt) % len(self)
             path, label = self.files[position]
             try:
-                return RawRecord(image=load_rgb(path), image_id=position, label=label)
+                return RawRecord(image=load_rgb(path), image_id=position, label=label,
+                                 multi_label=np.eye(len(self.class_names), dtype=np.float32)[label])
             except ValueError:
                 if not self.skip_invalid:
                     raise

@@ -19,6 +19,7 @@ class RawRecord:
     mask: np.ndarray | None = None         # HxW uint8: 0 background, 1..C classes, IGNORE_INDEX unknown
     boxes: np.ndarray | None = None        # [N,4] float32 xyxy pixels
     box_labels: np.ndarray | None = None   # [N] int64 class index 0..C-1
+    multi_label: np.ndarray | None = None  # [C] float32 multi-hot of the classes present
 
     @property
     def orig_size(self) -> tuple[int, int]:

@@ -25,6 +25,7 @@ class Sample:
     mask: Tensor | None = None         # [H,W] int64: 0 background, 1..C classes, IGNORE_INDEX unknown
     boxes: Tensor | None = None        # [N,4] float32 xyxy in input pixels
     box_labels: Tensor | None = None   # [N] int64 class index 0..C-1
+    multi_label: Tensor | None = None  # [C] float32 multi-hot: 1 for each class present; all-zero = none present
 
 
 @dataclass
@@ -39,6 +40,15 @@ class Batch:
     boxes: list[Tensor] = field(default_factory=list)       # B x [N,4] xyxy; [0,4] where missing
     box_labels: list[Tensor] = field(default_factory=list)  # B x [N]
     has_boxes: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    multi_label: Tensor | None = None  # [B,C] float32 multi-hot, zeros where missing (see has_multi_label)
+    has_multi_label: Tensor | None = None  # [B] bool
+
+    def __post_init__(self) -> None:
+        # Batches built without multi-labels (most tests, older code) mark them missing rather than absent.
+        if self.has_multi_label is None:
+            self.has_multi_label = torch.zeros(len(self), dtype=torch.bool, device=self.image.device)
+        if self.multi_label is None:
+            self.multi_label = torch.zeros(len(self), 0, device=self.image.device)
 
     def __len__(self) -> int:
         return self.image.shape[0]
@@ -53,4 +63,5 @@ class Batch:
             mask=move(self.mask), has_mask=move(self.has_mask),
             boxes=[move(b) for b in self.boxes], box_labels=[move(b) for b in self.box_labels],
             has_boxes=move(self.has_boxes),
+            multi_label=move(self.multi_label), has_multi_label=move(self.has_multi_label),
         )

@@ -65,6 +65,8 @@ def apply_transform(transform: A.Compose, record: RawRecord) -> Sample:
         mask=torch.as_tensor(out["mask"]).long() if record.mask is not None else None,
         boxes=torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)) if has_boxes else None,
         box_labels=torch.as_tensor(np.asarray(out["box_labels"], np.int64).reshape(-1)) if has_boxes else None,
+        # Image-level, so geometry cannot change it (a crop could hide an object; we keep the annotation's word).
+        multi_label=torch.as_tensor(record.multi_label, dtype=torch.float32) if record.multi_label is not None else None,
     )
 
 
