@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import (
-    batched_nms, box_convert, box_iou, clip_boxes_to_image, generalized_box_iou_loss,
-)
+from torchvision.ops import box_convert, box_iou, complete_box_iou_loss, generalized_box_iou_loss
 
 from datasets.sample import Batch
+from datasets.summary import DataSummary
+from heads.anchors import kmeans_anchors
 from heads.base import Head, zero_loss
+from heads.box_selection import SelectionOptions, select_detections
 from heads.detection_metric import CocoDetectionMetric
 
 # exp(tw) is capped so an untrained head cannot overflow: a box may grow to
@@ -39,7 +41,11 @@ def _default_anchors() -> list[list[list[float]]]:
 @dataclass
 class YoloOptions:
     strides: list[int] = field(default_factory=lambda: [8, 16, 32])
-    anchors: list[list[list[float]]] = field(default_factory=_default_anchors)  # per level, [w, h] px
+    # Per level, [w, h] px; or "auto": fit_data() fits levels x anchors_per_level anchors to the training
+    # boxes (k-means, IoU distance), smallest on the finest stride. Until then "auto" holds the default
+    # anchors (resampled by area when the count differs); a checkpoint restores the fitted ones.
+    anchors: list[list[list[float]]] | Literal["auto"] = field(default_factory=_default_anchors)
+    anchors_per_level: int = 3  # only with anchors "auto"
     neck_channels: int = 64
     conf_threshold: float = 0.05
     nms_iou: float = 0.5
@@ -52,7 +58,8 @@ class YoloOptions:
     ignore_iou: float = 0.5  # unassigned predictions overlapping a GT above this get no obj loss (> 1 disables)
     box_weight: float = 5.0
     cls_weight: float = 1.0
-    box_loss: str = "giou"  # "giou" on decoded boxes | "mse" on (offset x, offset y, tw, th)
+    # "giou" / "ciou" (GIoU + centre distance + aspect ratio) on decoded boxes | "mse" on (offset x, offset y, tw, th)
+    box_loss: Literal["giou", "ciou", "mse"] = "giou"
 
 
 @dataclass
@@ -152,22 +159,41 @@ class YoloHead(Head):
 
     def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: YoloOptions):
         super().__init__()
-        if len(options.anchors) != len(options.strides):
-            raise ValueError(
-                f"YOLO options give {len(options.anchors)} anchor levels for {len(options.strides)} strides"
-            )
-        if options.box_loss not in ("giou", "mse"):
-            raise ValueError(f"YOLO box_loss must be 'giou' or 'mse', got {options.box_loss!r}")
+        if options.box_loss not in ("giou", "ciou", "mse"):
+            raise ValueError(f"YOLO box_loss must be 'giou', 'ciou' or 'mse', got {options.box_loss!r}")
         self.options = options
         self.num_classes = num_classes
         self.feature_indices = [_index_of_stride(s, strides) for s in options.strides]
         self.strides = list(options.strides)
-        self.anchors = [[list(map(float, wh)) for wh in level] for level in options.anchors]
+        initial = _initial_anchors(options)
+        self.anchors_per_level = [len(level) for level in initial]
+        # A persistent buffer, so checkpoints carry fitted anchors and .to(device) moves them.
+        self.register_buffer("anchor_sizes", torch.tensor(
+            [wh for level in initial for wh in level], dtype=torch.float32).reshape(-1, 2))
         self.neck = _TopDownNeck([channels[i] for i in self.feature_indices], options.neck_channels)
         self.predictors = nn.ModuleList(
-            nn.Conv2d(options.neck_channels, len(level) * (5 + num_classes), 1) for level in self.anchors
+            nn.Conv2d(options.neck_channels, count * (5 + num_classes), 1) for count in self.anchors_per_level
         )
         self._init_objectness_bias()
+
+    @property
+    def anchors(self) -> list[Tensor]:
+        """Per level, [A, 2] (w, h) px: views of the `anchor_sizes` buffer."""
+        return list(self.anchor_sizes.split(self.anchors_per_level))
+
+    def fit_data(self, summary: DataSummary) -> None:
+        """With anchors "auto": k-means anchors on the training boxes, smallest to the finest stride."""
+        if self.options.anchors != "auto":
+            return
+        if summary.box_sizes.shape[0] == 0:
+            raise ValueError("YOLO anchors 'auto' need training boxes to fit, but the training set has none; "
+                             "give the anchors explicitly or use data with box annotations")
+        fitted = kmeans_anchors(summary.box_sizes, k=len(self.anchor_sizes)).anchors  # sorted by area
+        by_stride = sorted(range(len(self.strides)), key=lambda level: self.strides[level])
+        groups = fitted.split([self.anchors_per_level[level] for level in by_stride])
+        per_level = dict(zip(by_stride, groups))
+        with torch.no_grad():
+            self.anchor_sizes.copy_(torch.cat([per_level[level] for level in range(len(self.strides))]))
 
     def _init_objectness_bias(self) -> None:
         prior = math.log(OBJECTNESS_PRIOR / (1 - OBJECTNESS_PRIOR))
@@ -188,7 +214,7 @@ class YoloHead(Head):
         return x.view(b, -1, 5 + self.num_classes, h, w).permute(0, 1, 3, 4, 2).contiguous()
 
     def _anchor_tensor(self, level: int, device: torch.device) -> Tensor:
-        return torch.tensor(self.anchors[level], device=device)
+        return self.anchors[level].to(device)
 
     def decode_level_boxes(self, outputs: YoloOutputs, level: int) -> Tensor:
         """All boxes of one level, [B, A, H, W, 4] xyxy input pixels."""
@@ -219,11 +245,9 @@ class YoloHead(Head):
 
     def _anchor_table(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Every anchor of every level: its level, its index within the level and its [w, h]."""
-        table = [(level, index, wh)
-                 for level, priors in enumerate(self.anchors) for index, wh in enumerate(priors)]
-        level_of, anchor_of, shapes = zip(*table)
-        return (torch.tensor(level_of, device=device), torch.tensor(anchor_of, device=device),
-                torch.tensor(shapes, device=device))
+        level_of = torch.cat([torch.full((count,), level) for level, count in enumerate(self.anchors_per_level)])
+        anchor_of = torch.cat([torch.arange(count) for count in self.anchors_per_level])
+        return level_of.to(device), anchor_of.to(device), self.anchor_sizes.to(device)
 
     def _level_targets(self, level: int, grid: tuple[int, int], image: Tensor, anchor: Tensor,
                        boxes: Tensor, labels: Tensor) -> LevelTargets:
@@ -297,9 +321,10 @@ class YoloHead(Head):
         return _Positives(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(_Positives)))
 
     def _box_loss(self, positives: _Positives) -> Tensor:
-        if self.options.box_loss == "giou":
+        if self.options.box_loss in ("giou", "ciou"):
             predicted = decode_boxes(positives.raw, positives.cells, positives.anchors, positives.strides)
-            return generalized_box_iou_loss(predicted, positives.boxes, reduction="mean")
+            iou_loss = generalized_box_iou_loss if self.options.box_loss == "giou" else complete_box_iou_loss
+            return iou_loss(predicted, positives.boxes, reduction="mean")
         # Original YOLOv3: squared error on the centre offsets and log-scales.
         def parameters(t: Tensor) -> Tensor:
             return torch.cat([_centre_offset(t[:, :2]), t[:, 2:4]], dim=1)
@@ -319,18 +344,31 @@ class YoloHead(Head):
         return [self._select(boxes[i], scores[i], outputs.image_size) for i in range(boxes.shape[0])]
 
     def _select(self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int]) -> dict[str, Tensor]:
-        """Threshold, keep the best candidates, class-aware NMS, cap the count."""
-        flat = scores.flatten()
-        top_scores, top = flat.topk(min(self.options.pre_nms_top_k, flat.numel()))
-        confident = top_scores > self.options.conf_threshold
-        top_scores, top = top_scores[confident], top[confident]
-        labels = top % self.num_classes
-        candidates = clip_boxes_to_image(boxes[top // self.num_classes], image_size)
-        keep = batched_nms(candidates, top_scores, labels, self.options.nms_iou)[: self.options.max_detections]
-        return {"boxes": candidates[keep], "scores": top_scores[keep], "labels": labels[keep]}
+        o = self.options
+        return select_detections(boxes, scores, image_size,
+                                 SelectionOptions(o.conf_threshold, o.nms_iou, o.max_detections, o.pre_nms_top_k))
 
     def metric(self) -> CocoDetectionMetric:
         return CocoDetectionMetric(self.num_classes)
+
+
+def _initial_anchors(options: YoloOptions) -> list[list[list[float]]]:
+    """The anchors a head starts with: the given ones, or for "auto" the defaults until fit_data."""
+    levels = len(options.strides)
+    if options.anchors != "auto":
+        if len(options.anchors) != levels:
+            raise ValueError(f"YOLO options give {len(options.anchors)} anchor levels for {levels} strides")
+        return [[list(map(float, wh)) for wh in level] for level in options.anchors]
+    if options.anchors_per_level < 1:
+        raise ValueError(f"YOLO anchors_per_level must be at least 1, got {options.anchors_per_level}")
+    defaults = sorted((wh for level in _default_anchors() for wh in level), key=lambda wh: wh[0] * wh[1])
+    count = levels * options.anchors_per_level
+    # Evenly spaced picks through the defaults sorted by area (all of them, in order, for 3 x 3).
+    picks = [defaults[round(i * (len(defaults) - 1) / max(count - 1, 1))] for i in range(count)]
+    rank = {level: r for r, level in enumerate(sorted(range(levels), key=lambda level: options.strides[level]))}
+    per_level = options.anchors_per_level
+    return [[list(map(float, wh)) for wh in picks[rank[level] * per_level:(rank[level] + 1) * per_level]]
+            for level in range(levels)]
 
 
 def _index_of_stride(stride: int, available: list[int]) -> int:

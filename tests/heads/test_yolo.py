@@ -6,8 +6,9 @@ import torch
 from torchvision.ops import box_iou
 
 from datasets.sample import Batch
+from datasets.summary import DataSummary
 from heads.detection_metric import CocoDetectionMetric
-from heads.yolo import YoloHead, YoloOptions, YoloOutputs, encode_boxes
+from heads.yolo import YoloHead, YoloOptions, YoloOutputs, _default_anchors, encode_boxes
 
 CHANNELS, STRIDES = [16, 24, 32, 96, 320], [2, 4, 8, 16, 32]
 NUM_CLASSES = 3
@@ -68,7 +69,7 @@ def test_missing_stride_raises_clear_error():
         make_head(strides=[16, 32, 64])
 
 
-@pytest.mark.parametrize("box_loss", ["giou", "mse"])
+@pytest.mark.parametrize("box_loss", ["giou", "ciou", "mse"])
 def test_encoded_targets_decode_to_ground_truth(box_loss):
     head = make_head(box_loss=box_loss)
     # Small, medium, large and elongated boxes, one touching the border: several levels and anchors.
@@ -99,7 +100,7 @@ def test_encoded_targets_decode_to_ground_truth(box_loss):
 def test_nms_is_class_aware():
     head = make_head()
     outputs = empty_outputs(head, 1, 64)
-    stride, anchors = head.strides[1], torch.tensor(head.anchors[1])
+    stride, anchors = head.strides[1], head.anchors[1].clone()
     cell = torch.tensor([[1.0, 1.0]])  # box centres (24, 24) fall in cell (1, 1) of stride 16
 
     def encoded(box, anchor):
@@ -177,3 +178,75 @@ def test_annotated_image_without_objects_trains_objectness_only():
 
 def test_metric_is_coco_detection_metric():
     assert isinstance(make_head().metric(), CocoDetectionMetric)
+
+
+def test_ciou_loss_trains_the_boxes():
+    torch.manual_seed(0)
+    channels, strides, size = [8, 16], [8, 16], 32
+    head = YoloHead(channels, strides, NUM_CLASSES, YoloOptions(
+        strides=[8, 16], anchors=[[[8, 8]], [[20, 20]]], neck_channels=16, box_loss="ciou"))
+    features, image = fake_features(1, size, channels, strides), torch.zeros(1, 3, size, size)
+    batch = make_batch([[[3, 4, 13, 12], [10, 6, 30, 28]]], [[0, 2]], [True], size=size)
+    optimiser = torch.optim.Adam(head.parameters(), lr=3e-3)
+    history = []
+    for _ in range(40):
+        terms = head.loss(head(features, image), batch)
+        optimiser.zero_grad()
+        sum(terms.values()).backward()
+        optimiser.step()
+        history.append(terms["box"].item())
+    assert history[-1] < 0.5 * history[0]
+    giou = YoloHead(channels, strides, NUM_CLASSES, YoloOptions(
+        strides=[8, 16], anchors=[[[8, 8]], [[20, 20]]], neck_channels=16, box_loss="giou"))
+    giou.load_state_dict(head.state_dict())
+    outputs = head(features, image)
+    assert head.loss(outputs, batch)["box"] != giou.loss(outputs, batch)["box"]  # really another loss
+
+
+def box_summary(sizes: list[tuple[float, float]], repeats: int = 20) -> DataSummary:
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.cat([torch.tensor(wh) + torch.rand(repeats, 2, generator=g) - 0.5 for wh in sizes])
+    return DataSummary(image_size=64, num_classes=NUM_CLASSES, box_sizes=boxes)
+
+
+# Six shapes of clearly different areas: two anchors per level, the smallest pair at stride 8.
+SIX_SHAPES = [(6, 6), (9, 12), (16, 16), (20, 30), (40, 40), (60, 50)]
+
+
+def test_auto_anchors_start_from_the_defaults():
+    head = make_head(anchors="auto")
+    assert [level.tolist() for level in head.anchors] == _default_anchors()
+
+
+def test_fit_data_fits_auto_anchors_smallest_on_the_finest_stride():
+    # Strides listed coarse-first, to check the order follows the stride and not the list position.
+    head = make_head(anchors="auto", anchors_per_level=2, strides=[32, 8, 16])
+    head.fit_data(box_summary(SIX_SHAPES))
+    by_level = {stride: level for stride, level in zip(head.strides, head.anchors)}
+    expected = torch.tensor(SIX_SHAPES, dtype=torch.float32)
+    assert torch.allclose(torch.cat([by_level[8], by_level[16], by_level[32]]), expected, atol=0.6)
+    assert [p.out_channels for p in head.predictors] == [2 * (5 + NUM_CLASSES)] * 3
+
+
+def test_fitted_anchors_survive_a_checkpoint_and_are_used():
+    head = make_head(anchors="auto", anchors_per_level=2)
+    head.fit_data(box_summary(SIX_SHAPES))
+    restored = make_head(anchors="auto", anchors_per_level=2)  # what evaluation rebuilds from the config
+    restored.load_state_dict(head.state_dict())
+    assert torch.equal(restored.anchor_sizes, head.anchor_sizes)
+    # Decoding must use them: tw = th = 0 decodes to exactly the anchor's size.
+    outputs = empty_outputs(restored, 1, 64)
+    boxes = restored.decode_level_boxes(outputs, 0)[0, :, 0, 0]
+    assert torch.allclose(boxes[:, 2:] - boxes[:, :2], head.anchors[0])
+
+
+def test_fit_data_keeps_given_anchors():
+    head = make_head()
+    head.fit_data(box_summary(SIX_SHAPES))
+    assert [level.tolist() for level in head.anchors] == _default_anchors()
+
+
+def test_auto_anchors_without_training_boxes_raise_a_clear_error():
+    head = make_head(anchors="auto")
+    with pytest.raises(ValueError, match="anchors 'auto'.*no"):
+        head.fit_data(DataSummary(image_size=64, num_classes=NUM_CLASSES, box_sizes=torch.zeros(0, 2)))
