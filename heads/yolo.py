@@ -21,6 +21,7 @@ from datasets.summary import DataSummary
 from heads.anchors import kmeans_anchors
 from heads.base import Head, zero_loss
 from heads.box_selection import SelectionOptions, select_detections
+from heads.box_targets import flatten_ground_truth
 from heads.detection_metric import CocoDetectionMetric
 
 # exp(tw) is capped so an untrained head cannot overflow: a box may grow to
@@ -232,7 +233,8 @@ class YoloHead(Head):
         prediction is pulled towards both, as in the original YOLOv3.
         """
         device = outputs.levels[0].device
-        image, boxes, labels = _flatten_ground_truth(batch, device)
+        truth = flatten_ground_truth(batch, device)
+        image, boxes, labels = truth.image, truth.boxes, truth.labels
         level_of, anchor_of, shapes = self._anchor_table(device)
         best = box_iou(_centred(boxes[:, 2:] - boxes[:, :2]), _centred(shapes)).argmax(dim=1)
         targets = []
@@ -376,20 +378,3 @@ def _index_of_stride(stride: int, available: list[int]) -> int:
         raise ValueError(f"YOLO head needs a feature map of stride {stride}; the backbone has strides {available}")
     return available.index(stride)
 
-
-def _flatten_ground_truth(batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Boxes of all annotated images stacked, with their batch index; degenerate boxes dropped."""
-    image, boxes, labels = [], [], []
-    for i, (b, l) in enumerate(zip(batch.boxes, batch.box_labels)):
-        if not bool(batch.has_boxes[i]):
-            continue
-        b = b.to(device).float().reshape(-1, 4)
-        # Zero-width or zero-height boxes have no shape to match and no log-size to learn.
-        valid = (b[:, 2:] > b[:, :2]).all(dim=1)
-        image.append(torch.full((int(valid.sum()),), i, dtype=torch.long, device=device))
-        boxes.append(b[valid])
-        labels.append(l.to(device).long()[valid])
-    if not boxes:
-        return (torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, 4, device=device),
-                torch.zeros(0, dtype=torch.long, device=device))
-    return torch.cat(image), torch.cat(boxes), torch.cat(labels)
