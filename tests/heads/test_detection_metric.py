@@ -97,3 +97,41 @@ def test_no_annotated_images_gives_empty_dict_and_reset_clears(batch):
     metric.update(predictions_from(batch), batch)
     metric.reset()
     assert metric.compute() == {}
+
+
+def random_detection_run(seed: int, images: int = 6) -> tuple[Batch, list[dict]]:
+    """Ground truth with near-miss, mislabelled and spurious predictions, so AP is far from 0 and 1."""
+    g = torch.Generator().manual_seed(seed)
+    boxes, labels, predictions = [], [], []
+    for _ in range(images):
+        count = int(torch.randint(0, 5, (1,), generator=g))
+        top_left = torch.rand(count, 2, generator=g) * 40
+        gt = torch.cat([top_left, top_left + 6 + torch.rand(count, 2, generator=g) * 20], dim=1)
+        gt_labels = torch.randint(0, NUM_CLASSES, (count,), generator=g)
+        near = gt + torch.randn(count, 4, generator=g) * 2.5
+        near = torch.cat([near[:, :2], torch.maximum(near[:, 2:], near[:, :2] + 1)], dim=1)
+        spurious_corner = torch.rand(3, 2, generator=g) * 50
+        spurious = torch.cat([spurious_corner, spurious_corner + 4 + torch.rand(3, 2, generator=g) * 10], dim=1)
+        flipped = torch.where(torch.rand(count, generator=g) < 0.2, (gt_labels + 1) % NUM_CLASSES, gt_labels)
+        predicted = torch.cat([near, spurious])
+        boxes.append(gt.tolist())
+        labels.append(gt_labels.tolist())
+        predictions.append({"boxes": predicted, "scores": torch.rand(len(predicted), generator=g),
+                            "labels": torch.cat([flipped, torch.randint(0, NUM_CLASSES, (3,), generator=g)])})
+    return make_batch(boxes, labels, [True] * images), predictions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_map_agrees_with_torchmetrics(seed):
+    from torchmetrics.detection import MeanAveragePrecision
+
+    batch, predictions = random_detection_run(seed)
+    ours = compute(batch, predictions)
+    # Same conventions as ours: xyxy pixels, COCO's 1/10/100 max detections, pycocotools underneath.
+    reference = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    reference.update(predictions, [{"boxes": b, "labels": l} for b, l in zip(batch.boxes, batch.box_labels)])
+    expected = reference.compute()
+    assert 0.05 < ours["mAP"] < 0.95  # a case where a wrong convention would show
+    assert ours["mAP"] == pytest.approx(float(expected["map"]), abs=1e-6)
+    assert ours["mAP50"] == pytest.approx(float(expected["map_50"]), abs=1e-6)
+    assert ours["mAP75"] == pytest.approx(float(expected["map_75"]), abs=1e-6)
