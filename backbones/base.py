@@ -3,11 +3,16 @@
 `forward(x)` takes images in [0, 1], applies the normalisation the weights
 were trained with, and returns one feature map per stage. Heads only rely
 on `channels` and `strides`; the trainer uses `stages` for freezing.
+
+Opt-in: `record_pool_indices()` makes forward also return the max-pool
+indices of that call (for unpooling decoders); see backbones/pool_indices.py.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from backbones.pool_indices import IndexedMaxPool2d, PooledFeatures, PoolRecord, swap_max_pools
 
 
 class Backbone(nn.Module):
@@ -28,8 +33,33 @@ class Backbone(nn.Module):
         # Buffers, so the normalisation travels with the weights in checkpoints and exports.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._indexed_pools: list[IndexedMaxPool2d] = []  # filled by record_pool_indices()
 
     def forward(self, image: Tensor) -> list[Tensor]:
+        if not self._indexed_pools:
+            return self._features(image)
+        records: list[PoolRecord] = []
+        for pool in self._indexed_pools:  # a sink for this call only, so nothing outlives it
+            pool.sink = records
+        try:
+            return PooledFeatures(self._features(image), records)
+        finally:
+            for pool in self._indexed_pools:
+                pool.sink = None
+
+    def record_pool_indices(self) -> int:
+        """From now on forward returns PooledFeatures carrying every max-pool's indices; returns the pool count.
+
+        The outputs stay the same. Raises ValueError when the stages contain no nn.MaxPool2d.
+        """
+        pools = swap_max_pools(self.stages)
+        if not pools:
+            raise ValueError(f"{type(self).__name__} with strides {self.strides} has no nn.MaxPool2d in its "
+                             "stages, so there are no max-pool indices to record (use a VGG or ResNet backbone)")
+        self._indexed_pools = pools
+        return len(pools)
+
+    def _features(self, image: Tensor) -> list[Tensor]:
         x = (image - self.mean) / self.std
         features = []
         for stage in self.stages:

@@ -26,6 +26,9 @@ class Head(nn.Module):
     # What decode() returns: "classification" (probabilities [B,C]), "segmentation" (labels [B,H,W]),
     # "detection" (per image {boxes xyxy, scores, labels}), "reconstruction" (images [B,3,H,W]).
     kind: str = ""
+    # True: forward needs `features.pool_indices` (the backbone's max-pool indices, see backbones/pool_indices.py);
+    # MultiTaskModel then switches the backbone's recording on.
+    needs_pool_indices: bool = False
 
     def forward(self, features: list[Tensor], image: Tensor) -> Any:
         raise NotImplementedError

@@ -4,37 +4,46 @@ From the deepest map up, each step doubles the resolution and concatenates
 the backbone map of that stride (the skip connection). The last step
 concatenates the input image itself, the full-resolution skip a backbone
 cannot provide, so edges are recovered at pixel level.
+
+Each step upsamples bilinearly, or with a learned 2x2 stride-2 ConvTranspose2d
+(the paper's "up-convolution"); when the skip's size is not exactly double
+(odd sizes), the result is then resized to the skip.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from datasets.sample import IGNORE_INDEX, Batch
-from heads.base import Head, zero_loss
+from datasets.sample import Batch
+from heads.base import Head
 from heads.blocks import conv_bn_relu, upsample_to
+from heads.segmentation_loss import SegmentationLoss, SegmentationLossOptions
+from heads.segmentation_metric import SegmentationMetric
 
 
 @dataclass
-class UNetOptions:
+class UNetOptions(SegmentationLossOptions):  # the loss weights are flat keys of the head
     # Output channels of each decoder step, deepest first; one per backbone stage (the last step is full resolution).
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 48, 32, 16])
-    dice_weight: float = 0.5  # loss = cross-entropy + dice_weight * Dice
+    upsampling: Literal["bilinear", "transposed"] = "bilinear"
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, transposed: bool) -> None:
         super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels, 2, stride=2) if transposed else None
         self.convs = nn.Sequential(conv_bn_relu(in_channels + skip_channels, out_channels),
                                    conv_bn_relu(out_channels, out_channels))
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.convs(torch.cat([upsample_to(x, skip), skip], dim=1))
+        if self.up is not None:
+            x = self.up(x)
+        if x.shape[-2:] != skip.shape[-2:]:
+            x = upsample_to(x, skip)
+        return self.convs(torch.cat([x, skip], dim=1))
 
 
 class UNetHead(Head):
@@ -50,9 +59,11 @@ class UNetHead(Head):
         self.options = options
         skips = list(reversed(channels[:-1])) + [3]  # shallower backbone maps, then the image
         ins = [channels[-1]] + options.decoder_channels[:-1]
-        self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, options.decoder_channels))
+        transposed = options.upsampling == "transposed"
+        self.blocks = nn.ModuleList(DecoderBlock(i, s, o, transposed)
+                                    for i, s, o in zip(ins, skips, options.decoder_channels))
         self.classifier = nn.Conv2d(options.decoder_channels[-1], self.num_classes, 1)
-        self.dice = DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX)
+        self.criterion = SegmentationLoss(self.num_classes, options)
 
     def forward(self, features: list[Tensor], image: Tensor) -> Tensor:
         x = features[-1]
@@ -61,35 +72,11 @@ class UNetHead(Head):
         return self.classifier(x)
 
     def loss(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
-        if not batch.has_mask.any():
-            return {"ce": zero_loss(outputs), "dice": zero_loss(outputs)}
-        logits, mask = outputs[batch.has_mask], batch.mask[batch.has_mask]
-        return {"ce": F.cross_entropy(logits, mask, ignore_index=IGNORE_INDEX),
-                "dice": self.options.dice_weight * self.dice(logits, mask)}
+        return self.criterion(outputs, batch)
 
     def decode(self, outputs: Tensor) -> Tensor:
         """Class index per pixel [B, H, W] (0 = background)."""
         return outputs.argmax(dim=1)
 
-    def metric(self) -> "SegmentationMetric":
+    def metric(self) -> SegmentationMetric:
         return SegmentationMetric(self.num_classes)
-
-
-class SegmentationMetric:
-    def __init__(self, num_classes: int) -> None:
-        self.iou = MulticlassJaccardIndex(num_classes, average="macro", ignore_index=IGNORE_INDEX)
-        self.pixel_accuracy = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
-        self.seen = 0
-
-    def update(self, predictions: Tensor, batch: Batch) -> None:
-        keep = batch.has_mask.cpu()
-        if keep.any():
-            preds, target = predictions.detach().cpu()[keep], batch.mask.cpu()[keep]
-            self.iou.update(preds, target)
-            self.pixel_accuracy.update(preds, target)
-            self.seen += int(keep.sum())
-
-    def compute(self) -> dict[str, float]:
-        if not self.seen:
-            return {}
-        return {"mIoU": float(self.iou.compute()), "pixel_accuracy": float(self.pixel_accuracy.compute())}

@@ -16,6 +16,10 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
+        # Here rather than in build_model, so every way of assembling a model (tests too) gets the indices.
+        for task, head in heads.items():
+            if head.needs_pool_indices:
+                enable_pool_indices(backbone, task)
 
     def forward(self, image: Tensor) -> dict[str, Any]:
         """`image`: [B,3,H,W] in [0,1]. Returns each head's raw outputs by task name."""
@@ -28,6 +32,14 @@ class MultiTaskModel(nn.Module):
             else:  # a denoising head sees features of its own corrupted copy; the others stay clean
                 outputs[task] = head(self.backbone(corrupted), corrupted)
         return outputs
+
+
+def enable_pool_indices(backbone: backbones.Backbone, task: str) -> None:
+    """An unpooling head (SegNet) needs the backbone's max-pool indices: make its forward record them."""
+    try:
+        backbone.record_pool_indices()
+    except ValueError as error:
+        raise ValueError(f"head {task!r} unpools with max-pool indices, but: {error}") from None
 
 
 def build_model(config: ModelConfig, num_classes: int) -> MultiTaskModel:

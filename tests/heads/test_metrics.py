@@ -9,7 +9,7 @@ from support import make_batch
 from datasets.sample import IGNORE_INDEX
 from heads.autoencoder import ReconstructionMetric
 from heads.classification import ClassificationMetric
-from heads.unet import SegmentationMetric
+from heads.segmentation_metric import SegmentationMetric
 
 
 def test_psnr_of_a_known_error():
