@@ -1,5 +1,6 @@
 """Command line: `python -m pipeline train CONFIG [key=value ...]`, `python -m pipeline eval CHECKPOINT` and
-`python -m pipeline summary BACKBONE_OR_CONFIG` (complexity report)."""
+`python -m pipeline summary BACKBONE_OR_CONFIG` (complexity report) and
+`python -m pipeline sample CHECKPOINT --task NAME` (images from a VAE head)."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     summary.add_argument("--classes", type=int, help="classes for a config's heads (default: from its data if cheap, else 3)")
     summary.add_argument("--no-rf", dest="receptive_fields", action="store_false",
                          help="skip the receptive-field measurement (faster on large models)")
+    sample = commands.add_parser("sample", help="a PNG grid of images decoded from z ~ N(0, I) by a VAE head")
+    sample.add_argument("checkpoint")
+    sample.add_argument("--task", required=True, help="task name of the VAE head")
+    sample.add_argument("--num", type=int, default=16, help="number of images (default 16)")
+    sample.add_argument("--out", help="PNG path (default: samples.png beside the checkpoint)")
+    sample.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -53,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(run_summary(args.target, args.input, args.classifier, args.depth, args.classes,
                                   args.receptive_fields))
             except ValueError as error:  # unknown name, bad --input
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+        elif args.command == "sample":
+            from pipeline.sample_vae import run_sample
+
+            try:
+                print(f"wrote {run_sample(args.checkpoint, args.task, args.num, args.out, args.seed)}")
+            except ValueError as error:  # unknown task, not a VAE
                 print(f"error: {error}", file=sys.stderr)
                 return 2
         else:
