@@ -4,14 +4,24 @@ from __future__ import annotations
 from heads.autoencoder import AutoencoderHead
 from heads.base import Head
 from heads.classification import ClassificationHead
+from heads.denoising_autoencoder import DenoisingAutoencoderHead
+from heads.fcn import FCNHead
+from heads.segnet import SegNetHead
 from heads.unet import UNetHead
+from heads.vae import VAEHead
 from heads.yolo import YoloHead
+from heads.yolo_v1 import YoloV1Head
 
 HEADS: dict[str, type[Head]] = {
-    "autoencoder": AutoencoderHead,
     "classification": ClassificationHead,
+    "fcn": FCNHead,
     "unet": UNetHead,
+    "segnet": SegNetHead,
     "yolo": YoloHead,
+    "yolo_v1": YoloV1Head,
+    "ae": AutoencoderHead,
+    "dae": DenoisingAutoencoderHead,
+    "vae": VAEHead,
 }
 
 

@@ -20,7 +20,7 @@ def minimal() -> dict:
 
 
 def test_shipped_configs_load():
-    for path in sorted((REPO / "configs").glob("*.yaml")):
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
         load_config(path)
 
 

@@ -28,7 +28,7 @@ def config(tmp_path: Path, heads: dict, pretrained) -> dict:
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("pretrain")
-    result, run_id = run_training(parse_config(config(tmp_path, {"recon": {"type": "autoencoder"}}, False)))
+    result, run_id = run_training(parse_config(config(tmp_path, {"recon": {"type": "ae"}}, False)))
     return tmp_path, result.checkpoint, run_id
 
 

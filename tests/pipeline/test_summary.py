@@ -165,7 +165,7 @@ def test_config_summary_parts_add_up(tmp_path):
     target = load_target(str(path))
     assert target.parts == ["backbone", "heads.cls", "heads.seg"] and target.default_input == (3, 64, 64)
     assert "classes: 3" in target.notes[0]
-    assert target.model.heads["cls"].fc.out_features == 3
+    assert target.model.heads["cls"].num_classes == 3
     summary = summarize(target.model, target.default_input, depth=1, parts=target.parts, receptive_fields=False)
     assert sum(p.params for p in summary.parts.values()) == summary.total.params
     assert sum(p.flops for p in summary.parts.values()) == summary.total.flops

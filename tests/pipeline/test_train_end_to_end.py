@@ -29,7 +29,7 @@ def tiny_config(tmp_path: Path) -> dict:
                  "shapes": {"train_images": 16, "val_images": 8}},
         "model": {"backbone": {"name": "resnet18", "pretrained": False},
                   "heads": {"cls": {"type": "classification"}, "seg": {"type": "unet"},
-                            "det": {"type": "yolo"}, "recon": {"type": "autoencoder"}}},
+                            "det": {"type": "yolo"}, "recon": {"type": "ae"}}},
         "train": {"epochs": 2},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "e2e"},
     }
