@@ -21,11 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets.sample import Batch
-from heads.base import Head
 from heads.blocks import conv_bn_relu
-from heads.segmentation_loss import SegmentationLoss, SegmentationLossOptions
-from heads.segmentation_metric import SegmentationMetric
+from heads.segmentation_head import SegmentationHead
+from heads.segmentation_loss import SegmentationLossOptions
 
 SKIPS = {"32s": 0, "16s": 1, "8s": 2}  # how many shallower maps (stride /2, /4 of the deepest) are fused
 
@@ -63,13 +61,11 @@ def crop_or_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return x[..., : size[0], : size[1]]
 
 
-class FCNHead(Head):
-    kind = "segmentation"
+class FCNHead(SegmentationHead):
     Options = FCNOptions
 
     def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: FCNOptions) -> None:
-        super().__init__()
-        self.num_classes = num_classes + 1  # class 0 is background
+        super().__init__(num_classes, options)
         self.options = options
         self.levels = self._fused_levels(strides, SKIPS[options.variant])  # deepest first
         deep = channels[-1]
@@ -83,7 +79,6 @@ class FCNHead(Head):
             self.score.append(skip_score)
         self.up2 = nn.ModuleList(bilinear_upsampler(self.num_classes, 2) for _ in self.levels[1:])
         self.final_up = bilinear_upsampler(self.num_classes, strides[self.levels[-1]])
-        self.criterion = SegmentationLoss(self.num_classes, options)
 
     @staticmethod
     def _fused_levels(strides: list[int], skips: int) -> list[int]:
@@ -102,13 +97,3 @@ class FCNHead(Head):
             skip = features[level]
             scores = crop_or_resize(up(scores), skip.shape[-2:]) + score(skip)
         return crop_or_resize(self.final_up(scores), image.shape[-2:])
-
-    def loss(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
-        return self.criterion(outputs, batch)
-
-    def decode(self, outputs: Tensor) -> Tensor:
-        """Class index per pixel [B, H, W] (0 = background)."""
-        return outputs.argmax(dim=1)
-
-    def metric(self) -> SegmentationMetric:
-        return SegmentationMetric(self.num_classes)

@@ -23,11 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.pool_indices import PoolRecord
-from datasets.sample import Batch
-from heads.base import Head
 from heads.blocks import conv_bn_relu
-from heads.segmentation_loss import SegmentationLoss, SegmentationLossOptions
-from heads.segmentation_metric import SegmentationMetric
+from heads.segmentation_head import SegmentationHead
+from heads.segmentation_loss import SegmentationLossOptions
 
 
 @dataclass
@@ -43,21 +41,18 @@ def unpool_or_upsample(x: Tensor, size: tuple[int, int], records: list[PoolRecor
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-class SegNetHead(Head):
-    kind = "segmentation"
+class SegNetHead(SegmentationHead):
     needs_pool_indices = True
     Options = SegNetOptions
 
     def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: SegNetOptions) -> None:
-        super().__init__()
+        super().__init__(num_classes, options)
         if options.convs_per_step < 1:
             raise ValueError(f"segnet.convs_per_step: expected at least 1, got {options.convs_per_step}")
-        self.num_classes = num_classes + 1  # class 0 is background
         self.options = options
         outs = [channels[0]] + channels[:-1]  # step i (stage i, shallowest first) -> the next shallower width
         self.steps = nn.ModuleList(self._step(i, o, options.convs_per_step) for i, o in zip(channels, outs))
         self.classifier = nn.Conv2d(channels[0], self.num_classes, 1)
-        self.criterion = SegmentationLoss(self.num_classes, options)
 
     @staticmethod
     def _step(in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
@@ -74,13 +69,3 @@ class SegNetHead(Head):
         for step, target in zip(reversed(self.steps), reversed(targets)):
             x = step(unpool_or_upsample(x, target.shape[-2:], records))
         return self.classifier(x)
-
-    def loss(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
-        return self.criterion(outputs, batch)
-
-    def decode(self, outputs: Tensor) -> Tensor:
-        """Class index per pixel [B, H, W] (0 = background)."""
-        return outputs.argmax(dim=1)
-
-    def metric(self) -> SegmentationMetric:
-        return SegmentationMetric(self.num_classes)

@@ -17,11 +17,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from datasets.sample import Batch
-from heads.base import Head
 from heads.blocks import conv_bn_relu, upsample_to
-from heads.segmentation_loss import SegmentationLoss, SegmentationLossOptions
-from heads.segmentation_metric import SegmentationMetric
+from heads.segmentation_head import SegmentationHead
+from heads.segmentation_loss import SegmentationLossOptions
 
 
 @dataclass
@@ -46,16 +44,14 @@ class DecoderBlock(nn.Module):
         return self.convs(torch.cat([x, skip], dim=1))
 
 
-class UNetHead(Head):
-    kind = "segmentation"
+class UNetHead(SegmentationHead):
     Options = UNetOptions
 
     def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: UNetOptions) -> None:
-        super().__init__()
+        super().__init__(num_classes, options)
         if len(options.decoder_channels) != len(channels):
             raise ValueError(f"unet.decoder_channels: expected {len(channels)} entries (one per backbone stage, "
                              f"strides {strides}), got {len(options.decoder_channels)}")
-        self.num_classes = num_classes + 1  # class 0 is background
         self.options = options
         skips = list(reversed(channels[:-1])) + [3]  # shallower backbone maps, then the image
         ins = [channels[-1]] + options.decoder_channels[:-1]
@@ -63,20 +59,9 @@ class UNetHead(Head):
         self.blocks = nn.ModuleList(DecoderBlock(i, s, o, transposed)
                                     for i, s, o in zip(ins, skips, options.decoder_channels))
         self.classifier = nn.Conv2d(options.decoder_channels[-1], self.num_classes, 1)
-        self.criterion = SegmentationLoss(self.num_classes, options)
 
     def forward(self, features: list[Tensor], image: Tensor) -> Tensor:
         x = features[-1]
         for block, skip in zip(self.blocks, list(reversed(features[:-1])) + [image]):
             x = block(x, skip)
         return self.classifier(x)
-
-    def loss(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
-        return self.criterion(outputs, batch)
-
-    def decode(self, outputs: Tensor) -> Tensor:
-        """Class index per pixel [B, H, W] (0 = background)."""
-        return outputs.argmax(dim=1)
-
-    def metric(self) -> SegmentationMetric:
-        return SegmentationMetric(self.num_classes)
