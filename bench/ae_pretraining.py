@@ -2,7 +2,7 @@
 alone, then configs/seg_from_ae.yaml trains U-Net segmentation from that backbone and, for the same
 budget, from random init. Prints a Markdown table for docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/ae_pretraining.py [--seeds 2]
+    .venv/bin/python bench/ae_pretraining.py [--seeds 1]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pipeline.train import run_training  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1)
     args = parser.parse_args()
     pretrain, pretrain_id = run_training(load_config(REPO / "configs/ae_pretrain.yaml"))
     starts = {"autoencoder pre-trained": f"runs:/{pretrain_id}", "random init": "false"}

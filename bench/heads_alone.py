@@ -2,7 +2,7 @@
 the same epochs), plus the FCN-16s and FCN-32s variants of fcn8s.yaml. Prints a Markdown table for
 docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/heads_alone.py [--epochs 6] [name ...]
+    .venv/bin/python bench/heads_alone.py [--epochs 3] [name ...]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def runs(selected: list[str]) -> dict[str, tuple[Path, list[str]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("names", nargs="*", help="config stems (default: all)")
     args = parser.parse_args()
     rows = []
