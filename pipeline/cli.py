@@ -43,40 +43,48 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def train(args: argparse.Namespace) -> str:
+    from pipeline.train import run_training
+
+    result, run_id = run_training(load_config(args.config, args.overrides))
+    return (metrics_table(result.evaluation.metrics, title=f"val metrics (run {run_id})")
+            + f"\ntrained in {result.seconds:.0f} s; checkpoint: {result.checkpoint}")
+
+
+def evaluate(args: argparse.Namespace) -> str:
+    from pipeline.eval_checkpoint import run_eval
+
+    evaluation, out = run_eval(args.checkpoint, args.data, args.images, args.out, args.device)
+    return (metrics_table(evaluation.metrics, title="eval metrics")
+            + f"\nwrote {out / 'metrics.json'}" + (" and detections" if evaluation.detections else ""))
+
+
+def summary(args: argparse.Namespace) -> str:
+    from pipeline.summary import run as run_summary
+
+    return run_summary(args.target, args.input, args.classifier, args.depth, args.classes, args.receptive_fields)
+
+
+def sample(args: argparse.Namespace) -> str:
+    from pipeline.sample_vae import run_sample
+
+    return f"wrote {run_sample(args.checkpoint, args.task, args.num, args.out, args.seed)}"
+
+
+COMMANDS = {"train": train, "eval": evaluate, "summary": summary, "sample": sample}
+# Errors a user causes (bad config, missing file, unknown name or task) print one line and exit 2; the
+# commands that only read names and files treat ValueError as such too, training lets it show its traceback.
+USER_ERRORS = {"train": (ConfigError, FileNotFoundError), "eval": (ConfigError, FileNotFoundError),
+               "summary": (ConfigError, FileNotFoundError, ValueError),
+               "sample": (ConfigError, FileNotFoundError, ValueError)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "train":
-            from pipeline.train import run_training
-
-            result, run_id = run_training(load_config(args.config, args.overrides))
-            print(metrics_table(result.evaluation.metrics, title=f"val metrics (run {run_id})"))
-            print(f"trained in {result.seconds:.0f} s; checkpoint: {result.checkpoint}")
-        elif args.command == "summary":
-            from pipeline.summary import run as run_summary
-
-            try:
-                print(run_summary(args.target, args.input, args.classifier, args.depth, args.classes,
-                                  args.receptive_fields))
-            except ValueError as error:  # unknown name, bad --input
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-        elif args.command == "sample":
-            from pipeline.sample_vae import run_sample
-
-            try:
-                print(f"wrote {run_sample(args.checkpoint, args.task, args.num, args.out, args.seed)}")
-            except ValueError as error:  # unknown task, not a VAE
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-        else:
-            from pipeline.eval_checkpoint import run_eval
-
-            evaluation, out = run_eval(args.checkpoint, args.data, args.images, args.out, args.device)
-            print(metrics_table(evaluation.metrics, title="eval metrics"))
-            print(f"wrote {out / 'metrics.json'}" + (" and detections" if evaluation.detections else ""))
-    except (ConfigError, FileNotFoundError) as error:
+        print(COMMANDS[args.command](args))
+    except USER_ERRORS[args.command] as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
