@@ -47,3 +47,44 @@ def without_targets(batch: Batch) -> Batch:
 def fake_features(batch: int, size: int, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, c, size // s, size // s, generator=g) for c, s in zip(CHANNELS, STRIDES)]
+
+
+def detection_batch(boxes: list[list[list[float]]], labels: list[list[int]], has_boxes: list[bool],
+                    size: int = 64) -> Batch:
+    """Blank images carrying only the given boxes (xyxy px) and box labels; other targets missing."""
+    n = len(boxes)
+    return Batch(
+        image=torch.zeros(n, 3, size, size), image_id=torch.arange(n), orig_size=torch.full((n, 2), size),
+        label=torch.zeros(n, dtype=torch.long), has_label=torch.zeros(n, dtype=torch.bool),
+        mask=torch.zeros(n, size, size, dtype=torch.long), has_mask=torch.zeros(n, dtype=torch.bool),
+        boxes=[torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes],
+        box_labels=[torch.tensor(l, dtype=torch.long) for l in labels],
+        has_boxes=torch.tensor(has_boxes),
+    )
+
+
+def train_head(head, features: list[torch.Tensor], image: torch.Tensor, batch: Batch, steps: int,
+               lr: float) -> list[dict[str, float]]:
+    """Adam on one fixed batch; the loss terms of every step, before its update."""
+    optimiser = torch.optim.Adam(head.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        terms = head.loss(head(features, image), batch)
+        optimiser.zero_grad()
+        sum(terms.values()).backward()
+        optimiser.step()
+        history.append({name: value.item() for name, value in terms.items()})
+    return history
+
+
+def assert_finds_the_boxes(head, features: list[torch.Tensor], image: torch.Tensor, batch: Batch,
+                           min_iou: float) -> None:
+    """In eval mode, each image's most confident predictions are its ground-truth boxes with their labels."""
+    from torchvision.ops import box_iou
+
+    head.eval()
+    for prediction, gt_boxes, gt_labels in zip(head.decode(head(features, image)), batch.boxes, batch.box_labels):
+        top = slice(0, len(gt_boxes))
+        iou = box_iou(gt_boxes, prediction["boxes"][top])
+        assert (iou.amax(dim=1) > min_iou).all()
+        assert torch.equal(prediction["labels"][top][iou.argmax(dim=1)], gt_labels)

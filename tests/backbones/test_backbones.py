@@ -1,26 +1,16 @@
 """Every registered backbone honours the contract; weights resolve offline or fail fast."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
 import backbones
-from backbones.weights import require_cached
+from backbones.weights import TIMM_CONVERTED_PACKAGES, require_cached
 
 # Families whose unpadded convs and pools leave each map this many cells short of H / stride.
 CELLS_SHORT = {"alexnet": 1}
 # Cheap enough to also run for real; the rest run on the meta device (shapes only, no memory or compute).
 REAL_FORWARD = ["lenet5", "alexnet", "resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0"]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test instead of hanging on it."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to reach the network")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def assert_contract(name: str, backbone: backbones.Backbone, features: list[torch.Tensor], size: int) -> None:
@@ -70,6 +60,8 @@ def test_unknown_weights_name_lists_valid_ones():
     ("mobilenet_v2", "IMAGENET1K_V1", "mobilenet_v2-b0353104.pth"),
     ("resnet50", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth"),
     ("vgg16_bn", True, "vgg16_bn-6c64b313.pth"),
+    ("tf_efficientnet_lite0", True, TIMM_CONVERTED_PACKAGES["tf_efficientnet_lite0"][0]),  # timm's loader
+    ("seresnet50", True, "seresnet50_a1_0-ffa00869.pth"),
 ])
 def test_missing_weight_file_fails_fast_naming_the_file(name, pretrained, file_name, tmp_path, monkeypatch, no_network):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))

@@ -4,20 +4,9 @@ import torch
 
 from datasets.sample import Batch
 from heads.detection_metric import CocoDetectionMetric
+from support import detection_batch
 
 NUM_CLASSES = 3
-
-
-def make_batch(boxes: list[list[list[float]]], labels: list[list[int]], has_boxes: list[bool]) -> Batch:
-    n = len(boxes)
-    return Batch(
-        image=torch.zeros(n, 3, 64, 64), image_id=torch.arange(n), orig_size=torch.full((n, 2), 64),
-        label=torch.zeros(n, dtype=torch.long), has_label=torch.zeros(n, dtype=torch.bool),
-        mask=torch.zeros(n, 64, 64, dtype=torch.long), has_mask=torch.zeros(n, dtype=torch.bool),
-        boxes=[torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes],
-        box_labels=[torch.tensor(l, dtype=torch.long) for l in labels],
-        has_boxes=torch.tensor(has_boxes),
-    )
 
 
 def predictions_from(batch: Batch, shift: float = 0.0) -> list[dict]:
@@ -32,7 +21,7 @@ def predictions_from(batch: Batch, shift: float = 0.0) -> list[dict]:
 
 @pytest.fixture
 def batch() -> Batch:
-    return make_batch(
+    return detection_batch(
         boxes=[[[4, 4, 20, 24], [30, 30, 60, 50]], [[10, 12, 40, 44]], []],
         labels=[[0, 2], [0], []],
         has_boxes=[True, True, True],
@@ -118,7 +107,7 @@ def random_detection_run(seed: int, images: int = 6) -> tuple[Batch, list[dict]]
         labels.append(gt_labels.tolist())
         predictions.append({"boxes": predicted, "scores": torch.rand(len(predicted), generator=g),
                             "labels": torch.cat([flipped, torch.randint(0, NUM_CLASSES, (3,), generator=g)])})
-    return make_batch(boxes, labels, [True] * images), predictions
+    return detection_batch(boxes, labels, [True] * images), predictions
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -5,27 +5,14 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from datasets.sample import Batch
 from datasets.summary import DataSummary
 from heads.detection_metric import CocoDetectionMetric
 from heads.yolo import YoloHead, YoloOptions, YoloOutputs, _default_anchors, encode_boxes
+from support import assert_finds_the_boxes, detection_batch, train_head
 
 CHANNELS, STRIDES = [16, 24, 32, 96, 320], [2, 4, 8, 16, 32]
 NUM_CLASSES = 3
 HIGH, LOW = 12.0, -12.0  # logits that mean "certain yes" / "certain no"
-
-
-def make_batch(boxes: list[list[list[float]]], labels: list[list[int]], has_boxes: list[bool],
-               size: int = 64) -> Batch:
-    n = len(boxes)
-    return Batch(
-        image=torch.zeros(n, 3, size, size), image_id=torch.arange(n), orig_size=torch.full((n, 2), size),
-        label=torch.zeros(n, dtype=torch.long), has_label=torch.zeros(n, dtype=torch.bool),
-        mask=torch.zeros(n, size, size, dtype=torch.long), has_mask=torch.zeros(n, dtype=torch.bool),
-        boxes=[torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes],
-        box_labels=[torch.tensor(l, dtype=torch.long) for l in labels],
-        has_boxes=torch.tensor(has_boxes),
-    )
 
 
 def fake_features(batch_size: int, size: int, channels=CHANNELS, strides=STRIDES) -> list[torch.Tensor]:
@@ -75,7 +62,7 @@ def test_encoded_targets_decode_to_ground_truth(box_loss):
     # Small, medium, large and elongated boxes, one touching the border: several levels and anchors.
     boxes = [[[4, 6, 16, 18], [30, 20, 70, 80], [80, 0, 96, 14]], [[50, 50, 60, 70], [8, 40, 88, 90]]]
     labels = [[0, 2, 1], [1, 0]]
-    batch = make_batch(boxes, labels, [True, True], size=96)
+    batch = detection_batch(boxes, labels, [True, True], size=96)
     outputs = empty_outputs(head, 2, 96)
     targets = head.assign_targets(outputs, batch)
     assert sum(len(t.image) for t in targets) == 5
@@ -122,28 +109,15 @@ def test_overfits_one_batch(box_loss):
     head = YoloHead(channels, strides, NUM_CLASSES, YoloOptions(neck_channels=32, box_loss=box_loss))
     features = fake_features(2, size, channels, strides)
     image = torch.zeros(2, 3, size, size)
-    batch = make_batch([[[5, 5, 18, 18], [24, 12, 60, 52]], [[30, 30, 44, 50]]], [[0, 2], [1]], [True, True])
-    optimiser = torch.optim.Adam(head.parameters(), lr=3e-3)
-    history = []
-    for _ in range(150):
-        total = sum(head.loss(head(features, image), batch).values())
-        optimiser.zero_grad()
-        total.backward()
-        optimiser.step()
-        history.append(total.item())
-    assert history[-1] < 0.5 * history[0]
-
-    head.eval()
-    for prediction, gt_boxes, gt_labels in zip(head.decode(head(features, image)), batch.boxes, batch.box_labels):
-        top = slice(0, len(gt_boxes))  # the most confident predictions are the objects
-        iou = box_iou(gt_boxes, prediction["boxes"][top])
-        assert (iou.amax(dim=1) > 0.7).all()
-        assert torch.equal(prediction["labels"][top][iou.argmax(dim=1)], gt_labels)
+    batch = detection_batch([[[5, 5, 18, 18], [24, 12, 60, 52]], [[30, 30, 44, 50]]], [[0, 2], [1]], [True, True])
+    totals = [sum(terms.values()) for terms in train_head(head, features, image, batch, steps=150, lr=3e-3)]
+    assert totals[-1] < 0.5 * totals[0]
+    assert_finds_the_boxes(head, features, image, batch, min_iou=0.7)
 
 
 def test_batch_without_box_annotations_gives_zero_loss_and_finite_gradients():
     head = make_head()
-    batch = make_batch([[[4, 4, 20, 20]], []], [[1], []], [False, False])
+    batch = detection_batch([[[4, 4, 20, 20]], []], [[1], []], [False, False])
     losses = head.loss(head(fake_features(2, 64), batch.image), batch)
     assert set(losses) == {"obj", "box", "cls"}
     for value in losses.values():
@@ -158,8 +132,8 @@ def test_images_without_box_annotations_contribute_nothing():
     head = make_head()
     features = fake_features(2, 64)
     annotated = [[10, 10, 30, 40]]
-    with_garbage = make_batch([annotated, [[0, 0, 64, 64], [5, 5, 9, 9]]], [[0], [2, 1]], [True, False])
-    without = make_batch([annotated, []], [[0], []], [True, False])
+    with_garbage = detection_batch([annotated, [[0, 0, 64, 64], [5, 5, 9, 9]]], [[0], [2, 1]], [True, False])
+    without = detection_batch([annotated, []], [[0], []], [True, False])
     head.eval()  # same BN statistics for both calls
     outputs = head(features, with_garbage.image)
     a, b = head.loss(outputs, with_garbage), head.loss(outputs, without)
@@ -169,7 +143,7 @@ def test_images_without_box_annotations_contribute_nothing():
 
 def test_annotated_image_without_objects_trains_objectness_only():
     head = make_head()
-    batch = make_batch([[]], [[]], [True])
+    batch = detection_batch([[]], [[]], [True])
     losses = head.loss(head(fake_features(1, 64), batch.image), batch)
     assert losses["obj"] > 0
     assert losses["box"].item() == 0.0 and losses["cls"].item() == 0.0
@@ -186,15 +160,8 @@ def test_ciou_loss_trains_the_boxes():
     head = YoloHead(channels, strides, NUM_CLASSES, YoloOptions(
         strides=[8, 16], anchors=[[[8, 8]], [[20, 20]]], neck_channels=16, box_loss="ciou"))
     features, image = fake_features(1, size, channels, strides), torch.zeros(1, 3, size, size)
-    batch = make_batch([[[3, 4, 13, 12], [10, 6, 30, 28]]], [[0, 2]], [True], size=size)
-    optimiser = torch.optim.Adam(head.parameters(), lr=3e-3)
-    history = []
-    for _ in range(40):
-        terms = head.loss(head(features, image), batch)
-        optimiser.zero_grad()
-        sum(terms.values()).backward()
-        optimiser.step()
-        history.append(terms["box"].item())
+    batch = detection_batch([[[3, 4, 13, 12], [10, 6, 30, 28]]], [[0, 2]], [True], size=size)
+    history = [terms["box"] for terms in train_head(head, features, image, batch, steps=40, lr=3e-3)]
     assert history[-1] < 0.5 * history[0]
     giou = YoloHead(channels, strides, NUM_CLASSES, YoloOptions(
         strides=[8, 16], anchors=[[[8, 8]], [[20, 20]]], neck_channels=16, box_loss="giou"))

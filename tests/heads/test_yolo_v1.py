@@ -6,23 +6,11 @@ from torchvision.ops import box_iou
 from datasets.sample import Batch
 from heads.detection_metric import CocoDetectionMetric
 from heads.yolo_v1 import YoloV1Head, YoloV1Options, YoloV1Outputs, to_logits
+from support import assert_finds_the_boxes, detection_batch, train_head
 
 CHANNELS, STRIDES = [8, 16, 24], [8, 16, 32]
 NUM_CLASSES = 3
 HIGH, LOW = 12.0, -12.0  # logits that mean "certain yes" / "certain no"
-
-
-def make_batch(boxes: list[list[list[float]]], labels: list[list[int]], has_boxes: list[bool],
-               size: int = 64) -> Batch:
-    n = len(boxes)
-    return Batch(
-        image=torch.zeros(n, 3, size, size), image_id=torch.arange(n), orig_size=torch.full((n, 2), size),
-        label=torch.zeros(n, dtype=torch.long), has_label=torch.zeros(n, dtype=torch.bool),
-        mask=torch.zeros(n, size, size, dtype=torch.long), has_mask=torch.zeros(n, dtype=torch.bool),
-        boxes=[torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes],
-        box_labels=[torch.tensor(l, dtype=torch.long) for l in labels],
-        has_boxes=torch.tensor(has_boxes),
-    )
 
 
 def fake_features(batch_size: int, size: int) -> list[torch.Tensor]:
@@ -76,7 +64,7 @@ def test_encoded_targets_decode_to_ground_truth_and_cost_nothing():
     # (a cell has one class distribution, so YOLOv1 cannot hold two objects of different classes in one).
     boxes = [[[4, 6, 16, 18], [30, 20, 70, 80], [80, 0, 96, 14]], [[60, 66, 70, 86], [0, 0, 96, 96]]]
     labels = [[0, 2, 1], [1, 0]]
-    batch = make_batch(boxes, labels, [True, True], size=96)
+    batch = detection_batch(boxes, labels, [True, True], size=96)
     outputs = empty_outputs(head, 2, 96)
     targets = head.assign_targets(outputs, batch)
     assert len(targets.image) == 5
@@ -98,7 +86,7 @@ def test_encoded_targets_decode_to_ground_truth_and_cost_nothing():
 
 def test_responsible_predictor_is_the_one_overlapping_the_ground_truth_most():
     head = make_head(stride=32, boxes_per_cell=3)
-    batch = make_batch([[[10, 10, 30, 30]]], [[2]], [True])
+    batch = detection_batch([[[10, 10, 30, 30]]], [[2]], [True])
     outputs = empty_outputs(head, 1, 64)
     place(head, outputs, (0, 0, 0, 0), torch.tensor([0.1, 0.1, 0.2, 0.2]), 2)  # a small box in the corner
     place(head, outputs, (0, 0, 0, 2), torch.tensor([0.6, 0.6, 0.55, 0.55]), 2)  # close to the GT
@@ -110,7 +98,7 @@ def test_responsible_predictor_is_the_one_overlapping_the_ground_truth_most():
 
 def test_loss_terms_follow_the_paper():
     head = make_head(stride=32)
-    batch = make_batch([[[0, 0, 32, 32]], [[4, 4, 60, 60]]], [[0], [1]], [True, False])
+    batch = detection_batch([[[0, 0, 32, 32]], [[4, 4, 60, 60]]], [[0], [1]], [True, False])
     outputs = empty_outputs(head, 2, 64)
     raw, classes = head._split(outputs.grid)
     raw[..., 4] = 0.0                       # every confidence 0.5
@@ -129,7 +117,7 @@ def test_loss_terms_follow_the_paper():
 @pytest.mark.parametrize("confidence_target, expected", [("iou", (0.5 - 0.25) ** 2), ("one", (0.5 - 1.0) ** 2)])
 def test_confidence_target_is_the_iou_or_one(confidence_target, expected):
     head = make_head(stride=32, boxes_per_cell=1, confidence_target=confidence_target)
-    batch = make_batch([[[0, 0, 32, 32]]], [[0]], [True])
+    batch = detection_batch([[[0, 0, 32, 32]]], [[0]], [True])
     outputs = empty_outputs(head, 1, 64)
     raw, _ = head._split(outputs.grid)
     raw[0, 0, 0, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0])  # confidence 0.5; a 16 px box, IoU 0.25
@@ -141,7 +129,7 @@ def test_coordinate_loss_compares_square_roots_of_the_sizes():
     head = make_head(stride=32, boxes_per_cell=1)
 
     def coord_loss(width: float) -> float:
-        batch = make_batch([[[32 - width / 2, 20, 32 + width / 2, 44]]], [[0]], [True])
+        batch = detection_batch([[[32 - width / 2, 20, 32 + width / 2, 44]]], [[0]], [True])
         outputs = empty_outputs(head, 1, 64)
         target = head.assign_targets(outputs, batch)
         wrong = target.values[0].clone()
@@ -156,7 +144,7 @@ def test_coordinate_loss_compares_square_roots_of_the_sizes():
 
 def test_batch_without_box_annotations_gives_zero_loss_and_finite_gradients():
     head = make_head()
-    batch = make_batch([[[4, 4, 20, 20]], []], [[1], []], [False, False])
+    batch = detection_batch([[[4, 4, 20, 20]], []], [[1], []], [False, False])
     losses = head.loss(run(head, batch), batch)
     assert set(losses) == {"coord", "obj", "noobj", "cls"}
     for value in losses.values():
@@ -168,7 +156,7 @@ def test_batch_without_box_annotations_gives_zero_loss_and_finite_gradients():
 
 def test_annotated_image_without_objects_trains_confidence_only():
     head = make_head()
-    batch = make_batch([[]], [[]], [True])
+    batch = detection_batch([[]], [[]], [True])
     losses = head.loss(run(head, batch), batch)
     assert losses["noobj"] > 0
     assert losses["coord"].item() == losses["obj"].item() == losses["cls"].item() == 0.0
@@ -178,22 +166,10 @@ def test_overfits_one_batch():
     torch.manual_seed(0)
     head = make_head(stride=16, hidden_channels=32)
     features, image = fake_features(2, 64), torch.zeros(2, 3, 64, 64)
-    batch = make_batch([[[5, 5, 18, 18], [36, 12, 60, 52]], [[20, 30, 44, 50]]], [[0, 2], [1]], [True, True])
-    optimiser = torch.optim.Adam(head.parameters(), lr=3e-3)
-    history = []
-    for _ in range(80):
-        total = sum(head.loss(head(features, image), batch).values())
-        optimiser.zero_grad()
-        total.backward()
-        optimiser.step()
-        history.append(total.item())
-    assert history[-1] < 0.2 * history[0]
-    head.eval()
-    for prediction, gt_boxes, gt_labels in zip(head.decode(head(features, image)), batch.boxes, batch.box_labels):
-        top = slice(0, len(gt_boxes))  # the most confident predictions are the objects
-        iou = box_iou(gt_boxes, prediction["boxes"][top])
-        assert (iou.amax(dim=1) > 0.5).all()
-        assert torch.equal(prediction["labels"][top][iou.argmax(dim=1)], gt_labels)
+    batch = detection_batch([[[5, 5, 18, 18], [36, 12, 60, 52]], [[20, 30, 44, 50]]], [[0, 2], [1]], [True, True])
+    totals = [sum(terms.values()) for terms in train_head(head, features, image, batch, steps=80, lr=3e-3)]
+    assert totals[-1] < 0.2 * totals[0]
+    assert_finds_the_boxes(head, features, image, batch, min_iou=0.5)
 
 
 def test_metric_is_coco_detection_metric():
