@@ -8,16 +8,15 @@ from __future__ import annotations
 from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
 
 from backbones.base import Backbone
-from backbones.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, build_torchvision, cut
+from backbones.torchvision_models import features_backbone
 
 # `features` indices (exclusive) where strides 2, 4, 8, 16, 32 end; the last stage keeps the final 1x1 conv.
 STAGE_ENDS = [2, 3, 4, 6, 9]
 
 
 def build(pretrained: bool | str = False) -> Backbone:
-    features = build_torchvision(efficientnet_b0, EfficientNet_B0_Weights, pretrained).features
-    return Backbone(cut(features, STAGE_ENDS), channels=[16, 24, 40, 112, 1280], strides=[2, 4, 8, 16, 32],
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return features_backbone(efficientnet_b0, EfficientNet_B0_Weights, pretrained, STAGE_ENDS,
+                             [16, 24, 40, 112, 1280])
 
 
 BACKBONES = {"efficientnet_b0": build}

@@ -8,7 +8,7 @@ from torchvision.models import (
 )
 
 from backbones.base import Backbone
-from backbones.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, build_torchvision, cut
+from backbones.torchvision_models import features_backbone
 
 # name -> (builder, weights, `features` indices (exclusive) where strides 2..32 end, their channels).
 # The last stage keeps the final 1x1 conv, as MobileNetV2's does.
@@ -20,9 +20,7 @@ VARIANTS = {
 
 def build(name: str, pretrained: bool | str = False) -> Backbone:
     builder, weights, ends, channels = VARIANTS[name]
-    features = build_torchvision(builder, weights, pretrained).features  # random init: torchvision's Kaiming
-    return Backbone(cut(features, ends), channels=channels, strides=[2, 4, 8, 16, 32],
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return features_backbone(builder, weights, pretrained, ends, channels)  # random init: torchvision's Kaiming
 
 
 BACKBONES = {name: partial(build, name) for name in VARIANTS}

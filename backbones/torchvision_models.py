@@ -7,6 +7,7 @@ from typing import Any, Callable
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from backbones.base import Backbone
 from backbones.weights import is_file_path, load_state_dict_file, require_cached
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,3 +56,12 @@ def cut(layers: nn.Sequential, ends: list[int]) -> list[nn.Sequential]:
     """Consecutive slices of `layers`, the i-th ending (exclusive) at ends[i]; together they cover layers[:ends[-1]]."""
     starts = [0] + ends[:-1]
     return [nn.Sequential(*layers[a:b]) for a, b in zip(starts, ends)]
+
+
+def features_backbone(builder: Callable[..., nn.Module], weights_enum: type[WeightsEnum], pretrained: bool | str | None,
+                      stage_ends: list[int], channels: list[int]) -> Backbone:
+    """A torchvision model whose `features` Sequential ends a stage at each of strides 2, 4, 8, 16, 32
+    (MobileNetV2/V3, EfficientNet): cut it there, with ImageNet normalisation."""
+    features = build_torchvision(builder, weights_enum, pretrained).features
+    return Backbone(cut(features, stage_ends), channels=channels, strides=[2, 4, 8, 16, 32],
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
