@@ -33,7 +33,8 @@ def run_eval(checkpoint: str | Path, data: str | None = None, images: str | None
     model.load_state_dict(state["model"])
     device = select_device(device_name)
     evaluation = evaluate(model.to(device), eval_loader(dataset, config.data, config.seed), device,
-                          list(dataset.category_ids), select_precision(config.train.amp, device).autocast())
+                          list(dataset.category_ids), select_precision(config.train.amp, device).autocast(),
+                          collect_detections=True)
     out = Path(out_dir) if out_dir else checkpoint.parent
     write_results(evaluation, out)
     return evaluation, out

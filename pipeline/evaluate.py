@@ -33,10 +33,13 @@ def coco_results(predictions: list[dict[str, torch.Tensor]], batch: Batch, categ
 
 @torch.no_grad()
 def evaluate(model: MultiTaskModel, loader: DataLoader, device: torch.device, category_ids: list[int],
-             autocast: AbstractContextManager | None = None) -> Evaluation:
+             autocast: AbstractContextManager | None = None, collect_detections: bool = False) -> Evaluation:
+    """Per-task metrics; with `collect_detections`, also every detection task's COCO results (the eval job
+    writes them; validation during training only needs the metrics)."""
     model.eval()
     metrics = {task: head.metric() for task, head in model.heads.items()}
-    detections: dict[str, list[dict]] = {t: [] for t, h in model.heads.items() if h.kind == "detection"}
+    detections: dict[str, list[dict]] = {t: [] for t, h in model.heads.items()
+                                         if collect_detections and h.kind == "detection"}
     for batch in loader:
         batch = batch.to(device)
         with autocast or nullcontext():
