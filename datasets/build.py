@@ -10,14 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datasets.coco import CocoDataset
 from datasets.imagefolder import ImageFolderDataset
+from datasets.images import ImageOnlyDataset
+from datasets.masks import MaskFolderDataset
 from datasets.collate import collate
 from datasets.transforms import AugmentOptions, build_transform
 
-FORMATS: dict[str, type[Dataset]] = {"coco": CocoDataset, "imagefolder": ImageFolderDataset}
+FORMATS: dict[str, type[Dataset]] = {
+    "coco": CocoDataset,
+    "imagefolder": ImageFolderDataset,
+    "masks": MaskFolderDataset,   # root/images, root/masks/*.png, root/classes.txt: semantic masks only
+    "images": ImageOnlyDataset,   # any images under root: no targets (reconstruction, pre-training)
+}
 
 
 def build_dataset(
@@ -34,16 +41,17 @@ def build_dataset(
 
 
 def build_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, drop_last: bool = False
+    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """Same seed, same batches and augmentations, for any num_workers."""
+    """Same seed, same batches and augmentations, for any num_workers. A `sampler` replaces `shuffle`."""
     generator = torch.Generator().manual_seed(seed)
     if num_workers == 0:
         seed_augmentations(dataset, seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate,
-        generator=generator, worker_init_fn=_seed_worker, drop_last=drop_last,
-        persistent_workers=num_workers > 0,
+        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
+        num_workers=num_workers, collate_fn=collate, generator=generator, worker_init_fn=_seed_worker,
+        drop_last=drop_last, persistent_workers=num_workers > 0,
     )
 
 

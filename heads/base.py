@@ -18,6 +18,8 @@ from datasets.summary import DataSummary
 class Metric(Protocol):
     def update(self, predictions: Any, batch: Batch) -> None: ...
     def compute(self) -> dict[str, float]: ...
+    # Distributed validation: each rank updates its own shard, rank 0 merges the others in and computes once.
+    def merge(self, other: "Metric") -> None: ...
 
 
 class Head(nn.Module):
@@ -62,4 +64,5 @@ class Head(nn.Module):
 
 def zero_loss(outputs: Tensor) -> Tensor:
     """A zero that keeps `outputs` in the graph, for batches without targets."""
-    return outputs.sum() * 0.0
+    # Summed in fp32: an fp16 sum of a large output overflows to inf, and inf * 0 is NaN.
+    return outputs.float().sum() * 0.0

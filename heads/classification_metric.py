@@ -20,17 +20,20 @@ from torchmetrics.classification import (
 
 from datasets.sample import Batch
 
+# Ranks merge their states explicitly (merge()), so torchmetrics must not sync on its own at compute().
+LOCAL = {"sync_on_compute": False}
+
 
 class ClassificationMetric:
     """"accuracy" (top-1), "top5" (only with more than 5 classes), "precision/<i>" and "recall/<i>" per class."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.accuracy = MulticlassAccuracy(num_classes, average="micro")
-        self.top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes > 5 else None
-        self.precision = MulticlassPrecision(num_classes, average=None)  # a class never predicted scores 0
-        self.recall = MulticlassRecall(num_classes, average=None)
-        self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.accuracy = MulticlassAccuracy(num_classes, average="micro", **LOCAL)
+        self.top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro", **LOCAL) if num_classes > 5 else None
+        self.precision = MulticlassPrecision(num_classes, average=None, **LOCAL)  # a class never predicted scores 0
+        self.recall = MulticlassRecall(num_classes, average=None, **LOCAL)
+        self.confusion = MulticlassConfusionMatrix(num_classes, **LOCAL)
         self.seen = 0
 
     def update(self, predictions: Tensor, batch: Batch) -> None:
@@ -52,6 +55,11 @@ class ClassificationMetric:
         result |= _per_class("recall", self.recall.compute())
         return result
 
+    def merge(self, other: ClassificationMetric) -> None:
+        for mine, theirs in zip(self._parts(), other._parts()):
+            mine.merge_state(theirs)
+        self.seen += other.seen
+
     def confusion_matrix(self) -> Tensor:
         """[C, C] int64 counts, rows = true class, columns = predicted class (an artifact, not a metric)."""
         return self.confusion.compute()
@@ -67,9 +75,9 @@ class MultiLabelMetric:
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.average_precision = MultilabelAveragePrecision(num_classes, average=None)
-        self.f1 = MultilabelF1Score(num_classes, threshold=0.5, average=None)
-        self.confusion = MultilabelConfusionMatrix(num_classes, threshold=0.5)
+        self.average_precision = MultilabelAveragePrecision(num_classes, average=None, **LOCAL)
+        self.f1 = MultilabelF1Score(num_classes, threshold=0.5, average=None, **LOCAL)
+        self.confusion = MultilabelConfusionMatrix(num_classes, threshold=0.5, **LOCAL)
         self.positives = torch.zeros(num_classes, dtype=torch.long)
         self.seen = 0
 
@@ -78,7 +86,7 @@ class MultiLabelMetric:
         if not keep.any():
             return
         probs, targets = predictions.detach().cpu()[keep], batch.multi_label.cpu()[keep].long()
-        for metric in (self.average_precision, self.f1, self.confusion):
+        for metric in self._parts():
             metric.update(probs, targets)
         self.positives += targets.sum(dim=0)
         self.seen += int(keep.sum())
@@ -91,6 +99,15 @@ class MultiLabelMetric:
             warnings.filterwarnings("ignore", message="No positive samples")
             average_precision = self.average_precision.compute()
         return {"mAP": float(average_precision[present].mean()), "f1": float(self.f1.compute()[present].mean())}
+
+    def merge(self, other: MultiLabelMetric) -> None:
+        for mine, theirs in zip(self._parts(), other._parts()):
+            mine.merge_state(theirs)
+        self.positives += other.positives
+        self.seen += other.seen
+
+    def _parts(self) -> list:
+        return [self.average_precision, self.f1, self.confusion]
 
     def confusion_matrix(self) -> Tensor:
         """[C, 2, 2] int64 per class, [[TN, FP], [FN, TP]] at threshold 0.5: multi-label has no single

@@ -54,6 +54,9 @@ class CocoDetectionMetric:
                 labels=pred["labels"].detach().cpu().long(),
             ))
 
+    def merge(self, other: CocoDetectionMetric) -> None:
+        self._images += other._images
+
     def compute(self) -> dict[str, float]:
         """Scores everything seen since the last reset.
 

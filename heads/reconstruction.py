@@ -44,8 +44,8 @@ class ReconstructionMetric:
     """MSE, PSNR and SSIM of the predicted images against the (clean) input images, all with data range 1."""
 
     def __init__(self) -> None:
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0, sync_on_compute=False)
+        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sync_on_compute=False)
         self.squared_error = 0.0
         self.count = 0
 
@@ -55,6 +55,13 @@ class ReconstructionMetric:
         self.ssim.update(preds, target)
         self.squared_error += float(((preds - target) ** 2).sum())
         self.count += target.numel()
+
+    def merge(self, other: ReconstructionMetric) -> None:
+        """Ranks merge explicitly (the torchmetrics parts do not sync on their own)."""
+        self.psnr.merge_state(other.psnr)
+        self.ssim.merge_state(other.ssim)
+        self.squared_error += other.squared_error
+        self.count += other.count
 
     def compute(self) -> dict[str, float]:
         if not self.count:

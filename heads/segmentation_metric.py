@@ -11,6 +11,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 
 from datasets.sample import IGNORE_INDEX, Batch
 
+# Ranks merge their states explicitly (merge()), so torchmetrics must not sync on its own at compute().
+LOCAL = {"sync_on_compute": False}
+
 
 class SegmentationMetric:
     """compute() -> {"mIoU", "pixel_accuracy", "dice", "IoU/<class>" for each class seen in targets or predictions}.
@@ -19,21 +22,29 @@ class SegmentationMetric:
     """
 
     def __init__(self, num_classes: int) -> None:
-        self.iou = MulticlassJaccardIndex(num_classes, average="macro", ignore_index=IGNORE_INDEX)
+        self.iou = MulticlassJaccardIndex(num_classes, average="macro", ignore_index=IGNORE_INDEX, **LOCAL)
         # NaN for a class that never occurs, so it can be left out of the report rather than shown as 0.
         self.class_iou = MulticlassJaccardIndex(num_classes, average="none", ignore_index=IGNORE_INDEX,
-                                                zero_division=math.nan)
-        self.pixel_accuracy = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
-        self.dice = MulticlassF1Score(num_classes, average="macro", ignore_index=IGNORE_INDEX)
+                                                zero_division=math.nan, **LOCAL)
+        self.pixel_accuracy = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX, **LOCAL)
+        self.dice = MulticlassF1Score(num_classes, average="macro", ignore_index=IGNORE_INDEX, **LOCAL)
         self.seen = 0
 
     def update(self, predictions: Tensor, batch: Batch) -> None:
         keep = batch.has_mask.cpu()
         if keep.any():
             preds, target = predictions.detach().cpu()[keep], batch.mask.cpu()[keep]
-            for metric in (self.iou, self.class_iou, self.pixel_accuracy, self.dice):
+            for metric in self._parts():
                 metric.update(preds, target)
             self.seen += int(keep.sum())
+
+    def merge(self, other: SegmentationMetric) -> None:
+        for mine, theirs in zip(self._parts(), other._parts()):
+            mine.merge_state(theirs)
+        self.seen += other.seen
+
+    def _parts(self) -> list:
+        return [self.iou, self.class_iou, self.pixel_accuracy, self.dice]
 
     def compute(self) -> dict[str, float]:
         if not self.seen:

@@ -1,7 +1,8 @@
-"""Checkpoints: written atomically, read without executing pickled code."""
+"""Checkpoints: written atomically, read without executing pickled code; last, best and the last K."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,48 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def atomic_copy(source: Path, target: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class CheckpointFolder:
+    """One run's folder: last.pt (always the newest), best.pt (best monitored value so far) and, with
+    keep_last K, step-<global step>.pt for the K newest."""
+
+    def __init__(self, folder: Path, keep_last: int = 0) -> None:
+        self.folder, self.keep_last = Path(folder), keep_last
+        self.last, self.best = self.folder / "last.pt", self.folder / "best.pt"
+
+    def write(self, state: dict[str, Any], global_step: int, is_best: bool) -> Path:
+        save_checkpoint(state, self.last)
+        if is_best:
+            atomic_copy(self.last, self.best)
+        if self.keep_last > 0:
+            atomic_copy(self.last, self.folder / f"step-{global_step}.pt")
+            for old in self.step_files()[:-self.keep_last]:
+                old.unlink()
+        return self.last
+
+    def step_files(self) -> list[Path]:
+        return sorted(self.folder.glob("step-*.pt"), key=lambda p: int(p.stem.removeprefix("step-")))
+
+
+def latest_checkpoint(runs_folder: Path) -> Path | None:
+    """The newest `<runs_folder>/<run>/last.pt`: what `--resume auto` continues."""
+    candidates = list(Path(runs_folder).glob("*/last.pt"))
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None

@@ -1,10 +1,13 @@
-"""Command line: `python -m pipeline train CONFIG [key=value ...]`, `python -m pipeline eval CHECKPOINT` and
+"""Command line: `python -m pipeline train CONFIG [key=value ...] [--resume PATH|auto]`,
+`python -m pipeline compare CONFIG [key=value ...]` (multi-task gain), `python -m pipeline eval CHECKPOINT`,
 `python -m pipeline summary BACKBONE_OR_CONFIG` (complexity report) and
-`python -m pipeline sample CHECKPOINT --task NAME` (images from a VAE head)."""
+`python -m pipeline sample CHECKPOINT --task NAME` (images from a VAE head) and
+`python -m pipeline replay RUN_DIR` (send a run's locally kept metrics to its MLflow store)."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pipeline.config import load_config
@@ -18,6 +21,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     train = commands.add_parser("train", help="train the model a config describes")
     train.add_argument("config", help="experiment YAML")
     train.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.epochs=3")
+    train.add_argument("--resume", metavar="PATH|auto",
+                       help="continue from a checkpoint (auto: the newest last.pt of this experiment, if any); "
+                            "the epoch count may be raised with train.epochs=N")
+    compare = commands.add_parser(
+        "compare", help="train each task alone and all together; report Delta_m, parameters and time")
+    compare.add_argument("config", help="experiment YAML of the multi-task model")
+    compare.add_argument("overrides", nargs="*", help="key.path=value overrides, applied to every run")
     ev = commands.add_parser("eval", help="evaluate a checkpoint; writes metrics.json and detections.json")
     ev.add_argument("checkpoint")
     ev.add_argument("--data", help="COCO annotation file to evaluate on (default: the config's val split)")
@@ -40,15 +50,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sample.add_argument("--num", type=int, default=16, help="number of images (default 16)")
     sample.add_argument("--out", help="PNG path (default: samples.png beside the checkpoint)")
     sample.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    replay = commands.add_parser("replay", help="send the metrics a run kept locally (metrics.jsonl) that its MLflow "
+                                                "store lacks; safe to repeat")
+    replay.add_argument("run_dir", help="the run's folder, runs/<name>/<run id>")
+    replay.add_argument("--uri", help="MLflow store to send to (default: the one the run was started against)")
+    args, rest = parser.parse_known_args(argv)
+    # `train CONFIG --resume auto a=1`: argparse stops collecting overrides at the flag; take the ones after it.
+    if args.command in ("train", "compare") and all("=" in item and not item.startswith("-") for item in rest):
+        args.overrides += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
 
 
 def train(args: argparse.Namespace) -> str:
     from pipeline.train import run_training
 
-    result, run_id = run_training(load_config(args.config, args.overrides))
+    result, run_id = run_training(load_config(args.config, args.overrides), resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return ""
     return (metrics_table(result.evaluation.metrics, title=f"val metrics (run {run_id})")
             + f"\ntrained in {result.seconds:.0f} s; checkpoint: {result.checkpoint}")
+
+
+def compare(args: argparse.Namespace) -> str:
+    from pipeline.compare import report, run_compare
+
+    comparison, path = run_compare(load_config(args.config, args.overrides))
+    return f"{report(comparison)}\n\nwritten to {path}"
 
 
 def evaluate(args: argparse.Namespace) -> str:
@@ -71,19 +100,33 @@ def sample(args: argparse.Namespace) -> str:
     return f"wrote {run_sample(args.checkpoint, args.task, args.num, args.out, args.seed)}"
 
 
-COMMANDS = {"train": train, "eval": evaluate, "summary": summary, "sample": sample}
+def replay(args: argparse.Namespace) -> str:
+    from pipeline.replay import replay as replay_run
+
+    result = replay_run(args.run_dir, args.uri)
+    return (f"run {result.run_id} on {result.uri}{' (created)' if result.created else ''}: "
+            f"{result.sent} metric values sent, {result.present} already there, {len(result.uploaded)} files uploaded")
+
+
+COMMANDS = {"train": train, "compare": compare, "eval": evaluate, "summary": summary, "sample": sample, "replay": replay}
 # Errors a user causes (bad config, missing file, unknown name or task) print one line and exit 2; the
 # commands that only read names and files treat ValueError as such too, training lets it show its traceback.
-USER_ERRORS = {"train": (ConfigError, FileNotFoundError), "eval": (ConfigError, FileNotFoundError),
+USER_ERRORS = {"train": (ConfigError, FileNotFoundError), "compare": (ConfigError, FileNotFoundError),
+               "eval": (ConfigError, FileNotFoundError),
                "summary": (ConfigError, FileNotFoundError, ValueError),
-               "sample": (ConfigError, FileNotFoundError, ValueError)}
+               "sample": (ConfigError, FileNotFoundError, ValueError),
+               "replay": (FileNotFoundError, ValueError, ConnectionError)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
+                        format=f"%(asctime)s %(levelname)s {'' if rank == '0' else f'[rank {rank}] '}%(name)s: %(message)s")
     try:
-        print(COMMANDS[args.command](args))
+        report = COMMANDS[args.command](args)
+        if report:
+            print(report)
     except USER_ERRORS[args.command] as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -14,9 +14,11 @@ from typing import Any, Literal
 
 import yaml
 
+from datasets.mixture import MixtureSource
 from datasets.transforms import AugmentOptions
 from heads.registry import HEADS, head_class
 from pipeline.typed_config import ConfigError, check_keys, convert, from_dict
+from pipeline.weighting.registry import WeightingConfig, parse_weighting, weighting_to_dict
 
 
 @dataclass
@@ -28,16 +30,39 @@ class ShapesConfig:
 
 
 @dataclass
+class ShapesVariantsConfig:
+    """Generate the shapes set split three ways under `root` (for a mixture): root/<split>/coco (boxes only),
+    root/<split>/masks (a mask folder) and root/<split>/images (no labels)."""
+    root: str
+    train_images: int = 600
+    val_images: int = 150
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
-    train: str                          # training split: a COCO annotation file, or a folder for imagefolder
-    val: str                            # validation split, likewise
-    format: str = "coco"                # coco | imagefolder (root/<class>/<image>, labels only)
+    # One dataset: train + val. A mixture of datasets that each label some tasks: sources (then no train/val).
+    train: str | None = None            # training split: a COCO annotation file, or a folder for the other formats
+    val: str | None = None              # validation split, likewise
+    format: str = "coco"                # coco | imagefolder (labels) | masks (mask folder) | images (no labels)
+    sources: list[MixtureSource] = field(default_factory=list)
+    epoch_length: int | None = None     # mixture: samples per epoch (default: all sources' total)
     image_size: int = 128
     batch_size: int = 16
     num_workers: int = 2
     skip_invalid: bool = False          # skip (count and log) bad annotations/images instead of failing
     shapes: ShapesConfig | None = None
+    shapes_variants: ShapesVariantsConfig | None = None
     augment: AugmentOptions = field(default_factory=AugmentOptions)
+
+
+def check_data(data: DataConfig, source: str) -> None:
+    if data.sources and (data.train or data.val):
+        raise ConfigError(f"{source}: data.sources: give either data.train and data.val (one dataset) or "
+                          "data.sources (a mixture), not both")
+    if not data.sources and not (data.train and data.val):
+        missing = "data.train" if not data.train else "data.val"
+        raise ConfigError(f"{source}: {missing}: required key is missing (or list the datasets under data.sources)")
 
 
 @dataclass
@@ -61,28 +86,66 @@ class HeadConfig:
 class ModelConfig:
     heads: dict[str, HeadConfig]
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # How the task losses are combined: {name: static | uncertainty | dwa | gradnorm | pcgrad, ...its options}
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
 
 
 @dataclass
 class OptimizerConfig:
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9               # sgd only
+    name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
+    lr: float = 1e-3                    # base learning rate (backbone stages: times model.backbone.stage_lr)
+    weight_decay: float = 1e-4          # penalty strength lambda
+    # l2: the optimiser's own weight decay (decoupled for AdamW); l1: lambda * sum|w| added to the loss;
+    # elastic_net: lambda * (l1_ratio * sum|w| + (1 - l1_ratio) / 2 * sum w^2) added to the loss.
+    penalty: Literal["l2", "l1", "elastic_net"] = "l2"
+    l1_ratio: float = 0.5               # elastic_net only
+    momentum: float = 0.9               # sgd, rmsprop
+    nesterov: bool = True               # sgd only (needs momentum > 0)
+    betas: tuple[float, float] = (0.9, 0.999)   # adam, adamw
+    eps: float = 1e-8                   # adam, adamw, rmsprop
 
 
 @dataclass
 class SchedulerConfig:
-    name: Literal["cosine", "constant"] = "cosine"
+    # Every schedule is stepped per optimiser step, starts with `warmup_epochs` of linear warm-up, and scales
+    # each parameter group's own lr, so per-stage multipliers hold throughout.
+    name: Literal["cosine", "constant", "step", "multistep", "linear", "inverse_sqrt", "plateau"] = "cosine"
     warmup_epochs: float = 0.5
+    min_lr_ratio: float = 0.0           # cosine, linear: floor of the decay, as a fraction of the base lr
+    step_epochs: float = 30.0           # step: multiply by gamma every step_epochs
+    milestones: list[float] = field(default_factory=list)  # multistep: epochs at which to multiply by gamma
+    gamma: float = 0.1                  # step, multistep, plateau
+    patience: int = 2                   # plateau: epochs without improvement of train.monitor before decaying
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0                # also write last.pt every N optimiser steps (0: at epoch ends only)
+    keep_last: int = 0                  # also keep the last K checkpoints as step-<global step>.pt (0: none)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = 0                   # stop after this many epochs without improvement of train.monitor; 0: off
+    min_delta: float = 0.0              # an improvement must beat the best by more than this
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    device: str = "auto"                # auto | cpu | cuda | cuda:N
-    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 on CUDA when supported, fp32 on CPU
-    grad_clip: float | None = 10.0
+    device: str = "auto"                # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
+    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 on CUDA when supported, else fp16; fp32 on CPU
+    accumulate: int = 1                 # micro-batches per optimiser step: global batch = batch_size x ranks x this
+    grad_clip: float | None = 10.0      # max global gradient norm (None: no clipping)
+    ema_decay: float = 0.0              # exponential moving average of the weights (e.g. 0.999); 0: off
+    max_bad_steps: int = 5              # stop after this many consecutive steps with a non-finite loss or gradient
+    deterministic: bool = False         # deterministic algorithms (and CUBLAS workspace), for bitwise-exact runs
+    sync_batchnorm: bool = False        # convert BatchNorm to SyncBatchNorm under DDP (CUDA only)
+    monitor: str | None = None          # e.g. val/seg/mIoU: picks best.pt, drives early stopping and plateau
+    monitor_mode: Literal["max", "min"] = "max"
+    log_every: int = 1                  # per-step train metrics every N optimiser steps
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -134,9 +197,11 @@ def parse_config(raw: dict, source: str = "config") -> Config:
     if not isinstance(model, dict) or "heads" not in model:
         raise ConfigError(f"{source}: model.heads: required key is missing")
     heads = parse_heads(model.pop("heads"), source)
+    weighting = parse_weighting(model.pop("weighting", None), source)
     model["heads"] = {}  # validated above; keep the generic pass from re-reading them
     config = from_dict(Config, raw, "", source)
-    config.model.heads = heads
+    config.model.heads, config.model.weighting = heads, weighting
+    check_data(config.data, source)
     return config
 
 
@@ -171,4 +236,5 @@ def config_to_dict(config: Config) -> dict:
         task: {"type": head.type, "weight": head.weight, **dataclasses.asdict(head.options)}
         for task, head in config.model.heads.items()
     }
+    raw["model"]["weighting"] = weighting_to_dict(config.model.weighting)
     return raw

@@ -8,8 +8,12 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.build import build_dataset, build_loader
+from datasets.mixture import MixtureDataset, MixtureSampler, build_mixture, source_ratios
+from datasets.sampling import EpochSeeded, ResumableDistributedSampler, ShardSampler
 from datasets.shapes import generate_shapes
+from datasets.shapes_variants import write_shapes_variant_splits
 from pipeline.config import DataConfig
+from pipeline.distributed import DistInfo
 from pipeline.typed_config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -27,7 +31,12 @@ class DataSplits:
 
 
 def ensure_shapes(config: DataConfig) -> None:
-    """Write the shapes set at the configured annotation paths if it is not there yet."""
+    """Write the shapes set at the configured annotation paths (or its three-way split for a mixture) if it
+    is not there yet."""
+    if config.shapes_variants is not None:
+        variants = config.shapes_variants
+        write_shapes_variant_splits(Path(variants.root), variants.train_images, variants.val_images,
+                                    config.image_size, variants.seed)
     if config.shapes is None:
         return
     for split, count in (("train", config.shapes.train_images), ("val", config.shapes.val_images)):
@@ -42,6 +51,10 @@ def ensure_shapes(config: DataConfig) -> None:
 
 def build_splits(config: DataConfig) -> DataSplits:
     ensure_shapes(config)
+    if config.sources:
+        mixture = build_mixture(config.sources, config.image_size, config.augment, config.skip_invalid)
+        return DataSplits(mixture.train, mixture.val, list(mixture.train.class_names),
+                          list(mixture.train.category_ids))
     common = dict(format=config.format, images_root=None, image_size=config.image_size,
                   augment=config.augment, skip_invalid=config.skip_invalid)
     train = build_dataset(annotations=Path(config.train), train=True, **common)
@@ -51,10 +64,20 @@ def build_splits(config: DataConfig) -> DataSplits:
     return DataSplits(train, val, list(train.class_names), list(train.category_ids))
 
 
-def train_loader(dataset: Dataset, config: DataConfig, seed: int) -> DataLoader:
-    return build_loader(dataset, config.batch_size, shuffle=True, num_workers=config.num_workers, seed=seed,
-                        drop_last=len(dataset) > config.batch_size)
+def train_loader(dataset: Dataset, config: DataConfig, seed: int, dist: DistInfo = DistInfo()) -> DataLoader:
+    """This rank's shard, reshuffled every epoch (a mixture: drawn by the sources' ratios); augmentation seeded
+    per (seed, epoch, sample)."""
+    if isinstance(dataset, MixtureDataset):
+        sampler = MixtureSampler(dataset, dist.world_size, dist.rank, seed, ratios=source_ratios(config.sources),
+                                 length=config.epoch_length)
+    else:
+        sampler = ResumableDistributedSampler(dataset, dist.world_size, dist.rank, seed)
+    return build_loader(EpochSeeded(dataset, seed), config.batch_size, shuffle=False, num_workers=config.num_workers,
+                        seed=seed, drop_last=sampler.num_samples > config.batch_size, sampler=sampler)
 
 
-def eval_loader(dataset: Dataset, config: DataConfig, seed: int) -> DataLoader:
-    return build_loader(dataset, config.batch_size, shuffle=False, num_workers=config.num_workers, seed=seed)
+def eval_loader(dataset: Dataset, config: DataConfig, seed: int, dist: DistInfo = DistInfo()) -> DataLoader:
+    """In order; under DDP each rank reads every world_size-th sample, so all ranks together read each once."""
+    sampler = ShardSampler(len(dataset), dist.world_size, dist.rank) if dist.enabled else None
+    return build_loader(dataset, config.batch_size, shuffle=False, num_workers=config.num_workers, seed=seed,
+                        sampler=sampler)

@@ -8,29 +8,28 @@ from pathlib import Path
 from datasets.build import build_dataset
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import parse_config
-from pipeline.data import eval_loader
+from pipeline.data import build_splits, eval_loader
 from pipeline.device import select_device, select_precision
 from pipeline.evaluate import Evaluation, evaluate
-from pipeline.model import build_model
+from pipeline.model import MultiTaskModel, build_model
 
 
 def run_eval(checkpoint: str | Path, data: str | None = None, images: str | None = None,
              out_dir: str | Path | None = None, device_name: str = "auto") -> tuple[Evaluation, Path]:
     """Evaluate on the checkpoint's validation split, or on the COCO file `data`; write the results to `out_dir`."""
     checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
+    model, state = model_from_checkpoint(checkpoint)
     config = parse_config(state["config"], source=f"{checkpoint} (embedded config)")
-    annotations = Path(data or config.data.val)
-    dataset = build_dataset(config.data.format, annotations=annotations, images_root=Path(images) if images else None,
-                            image_size=config.data.image_size, train=False, augment=config.data.augment,
-                            skip_invalid=config.data.skip_invalid)
+    if data is None and config.data.sources:  # a mixture: the validation splits of its sources
+        annotations, dataset = "the mixture's val splits", build_splits(config.data).val
+    else:
+        annotations = Path(data or config.data.val)
+        dataset = build_dataset(config.data.format, annotations=annotations,
+                                images_root=Path(images) if images else None, image_size=config.data.image_size,
+                                train=False, augment=config.data.augment, skip_invalid=config.data.skip_invalid)
     if list(dataset.class_names) != list(state["class_names"]):
         raise ValueError(f"{annotations}: categories {dataset.class_names} do not match the classes the checkpoint "
                          f"was trained on {state['class_names']}")
-    # The checkpoint holds every weight; do not ask for pretrained files.
-    model_config = dataclasses.replace(config.model, backbone=dataclasses.replace(config.model.backbone, pretrained=False))
-    model = build_model(model_config, num_classes=len(state["class_names"]))
-    model.load_state_dict(state["model"])
     device = select_device(device_name)
     evaluation = evaluate(model.to(device), eval_loader(dataset, config.data, config.seed), device,
                           list(dataset.category_ids), select_precision(config.train.amp, device).autocast(),
@@ -46,3 +45,15 @@ def write_results(evaluation: Evaluation, out: Path) -> None:
     for task, results in evaluation.detections.items():
         name = "detections.json" if len(evaluation.detections) == 1 else f"detections_{task}.json"
         (out / name).write_text(json.dumps(results))
+
+
+def model_from_checkpoint(checkpoint: Path) -> tuple[MultiTaskModel, dict]:
+    """The trained model a checkpoint holds (its EMA weights when the run kept them: they are what its
+    validation metrics and best.pt measured), and the checkpoint itself."""
+    state = load_checkpoint(checkpoint)
+    config = parse_config(state["config"], source=f"{checkpoint} (embedded config)")
+    # The checkpoint holds every weight; do not ask for pretrained files.
+    model_config = dataclasses.replace(config.model, backbone=dataclasses.replace(config.model.backbone, pretrained=False))
+    model = build_model(model_config, num_classes=len(state["class_names"]))
+    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    return model, state

@@ -1,4 +1,8 @@
-"""Validation: run the model over a loader, feed every head's metric, collect detections."""
+"""Validation: run the model over a loader, feed every head's metric, collect detections.
+
+Under DDP each rank evaluates its own shard of the data; the metric states are merged on rank 0, which
+computes every metric once (pycocotools scores all ranks' detections together) and shares the figures.
+"""
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
@@ -9,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.sample import Batch
+from pipeline.distributed import DistInfo, broadcast_from_main, gather_to_main
 from pipeline.model import MultiTaskModel
 
 
@@ -16,6 +21,7 @@ from pipeline.model import MultiTaskModel
 class Evaluation:
     metrics: dict[str, float]                                      # "task/metric" -> value
     detections: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> COCO results
+    confusion_matrices: dict[str, torch.Tensor] = field(default_factory=dict)  # classification task -> counts
 
 
 def coco_results(predictions: list[dict[str, torch.Tensor]], batch: Batch, category_ids: list[int]) -> list[dict]:
@@ -33,7 +39,8 @@ def coco_results(predictions: list[dict[str, torch.Tensor]], batch: Batch, categ
 
 @torch.no_grad()
 def evaluate(model: MultiTaskModel, loader: DataLoader, device: torch.device, category_ids: list[int],
-             autocast: AbstractContextManager | None = None, collect_detections: bool = False) -> Evaluation:
+             autocast: AbstractContextManager | None = None, collect_detections: bool = False,
+             dist_info: DistInfo = DistInfo()) -> Evaluation:
     """Per-task metrics; with `collect_detections`, also every detection task's COCO results (the eval job
     writes them; validation during training only needs the metrics)."""
     model.eval()
@@ -49,5 +56,18 @@ def evaluate(model: MultiTaskModel, loader: DataLoader, device: torch.device, ca
             metrics[task].update(predictions, batch)
             if task in detections:
                 detections[task] += coco_results(predictions, batch, category_ids)
+    return broadcast_from_main(_merge_and_compute(gather_to_main(metrics, dist_info), detections), dist_info)
+
+
+def _merge_and_compute(per_rank: list[dict[str, Any]] | None, detections: dict[str, list[dict]]) -> Evaluation | None:
+    """Rank 0: fold the other ranks' metric states into its own and compute; the other ranks get None."""
+    if per_rank is None:
+        return None
+    metrics = per_rank[0]
+    for other in per_rank[1:]:
+        for task, metric in metrics.items():
+            metric.merge(other[task])
     flat = {f"{task}/{name}": value for task, metric in metrics.items() for name, value in metric.compute().items()}
-    return Evaluation(metrics=flat, detections=detections)
+    confusion = {task: metric.confusion_matrix() for task, metric in metrics.items()
+                 if hasattr(metric, "confusion_matrix")}
+    return Evaluation(metrics=flat, detections=detections, confusion_matrices=confusion)

@@ -318,6 +318,8 @@ def build_classifier(name: str) -> tuple[nn.Module, str]:
 
 def count_classes(data: Any) -> tuple[int | None, str]:
     """Number of classes of a config's data when it is cheap to know (no dataset is generated or scanned)."""
+    if data.sources:
+        return None, ""
     train = Path(data.train)
     if data.format == "imagefolder" and train.is_dir():
         return sum(1 for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")), f"folders of {train}"

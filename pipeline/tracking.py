@@ -1,20 +1,46 @@
-"""MLflow tracking: one run per training job.
+"""MLflow tracking: one run per training job, logged without ever slowing or failing the training.
 
-The default store is `runs/mlflow.db` (sqlite) with artifacts under
-`runs/artifacts`; `MLFLOW_TRACKING_URI` or `tracking.uri` override it.
+The default store is `runs/mlflow.db` (sqlite) with artifacts under `runs/artifacts`; `MLFLOW_TRACKING_URI`
+or `tracking.uri` override it. Only rank 0 makes a Tracker.
+
+- Metrics: `log_metrics` returns at once; a background thread sends them in batches and retries while the
+  store is away (pipeline/metric_sender.py). Every value is also appended to the run's local copy
+  (`keep_local_copy`, pipeline/run_log.py), so whatever the store never got can be sent later with
+  `python -m pipeline replay RUN_DIR`.
+- A store unreachable at `start` gives a local run id ("local-<hex>") and a warning; the run is then only
+  kept locally, for replay.
+- Artifacts, figures and the model never raise on a network failure: a warning, and the local copy notes
+  what was not uploaded.
+- MLflow's HTTP retries are bounded for our calls (pipeline/mlflow_http.py), so a dead server costs seconds.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
-import mlflow
+import torch
+from matplotlib.figure import Figure
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
 
 from pipeline.config import TrackingConfig
+from pipeline.metric_sender import MAX_BATCH, MetricSender
+from pipeline.mlflow_http import HttpLimits, bounded_http, short_error
+from pipeline.run_log import RunLog
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
+LOCAL_RUN_PREFIX = "local-"
+MODEL_NAME = "model"                    # the logged model resolves as runs:/<run id>/model
+MAX_PARAMS_PER_BATCH = 100              # MLflow's cap on params per log_batch call
+MAX_PARAM_LENGTH = 6000
 
 
 def resolve_uri(config: TrackingConfig) -> str:
@@ -33,45 +59,196 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, created when missing. A local sqlite store keeps artifacts beside the database
+    (MLflow would use ./mlruns); a server decides itself."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    local_db = sqlite_path(uri)
+    location = (local_db.parent / "artifacts").resolve().as_uri() if local_db else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        # Another process may have created it in between.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative sqlite path made absolute, so a replay from another folder finds the same store."""
+    local_db = sqlite_path(uri)
+    return f"sqlite:///{local_db.resolve()}" if local_db else uri
+
+
+def log_params_and_tags(client: MlflowClient, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
+    entries = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+    for i in range(0, len(entries), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=entries[i:i + MAX_PARAMS_PER_BATCH])
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
 class Tracker:
-    """A thin owner of one MLflow run; every call goes through one client bound to one URI."""
+    """Owns one MLflow run. Call from one thread (the trainer's, on rank 0)."""
 
-    def __init__(self, config: TrackingConfig) -> None:
+    def __init__(self, config: TrackingConfig, flush_timeout: float = 30.0, http: HttpLimits = HttpLimits()) -> None:
+        """`flush_timeout`: seconds `end` waits for an unreachable store before leaving the rest to replay.
+        Makes no network call."""
         self.uri = resolve_uri(config)
-        self.local_db = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
-        if self.local_db:
-            self.local_db.parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = self._experiment(config.experiment)
+        self.experiment = config.experiment
         self.run_name = config.run_name
+        self.flush_timeout = flush_timeout
+        self.http = http
+        self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id: str | None = None
+        self.online = False             # False: the store was unreachable at start; everything stays local
+        self._local = RunLog()
+        self._sender: MetricSender | None = None
+        self._logged = 0                # metric values logged: all unsent when the run is local only
+        self._ended = False
 
-    def _experiment(self, name: str) -> str:
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        # A local sqlite store keeps artifacts beside the database (MLflow would use ./mlruns); a server decides itself.
-        location = (self.local_db.parent / "artifacts").resolve().as_uri() if self.local_db else None
-        return self.client.create_experiment(name, artifact_location=location)
+    # ---- the run ---------------------------------------------------------------------------------------
 
-    def start(self, params: dict[str, Any], tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
-        self.run_id = run.info.run_id
+    def start(self, params: dict[str, Any], tags: dict[str, str], resume_run_id: str | None = None) -> str:
+        """Create the run (or re-open `resume_run_id` as RUNNING: the same run continues) and log the
+        flattened `params` and `tags`. Returns the run id; a local one when the store is unreachable."""
         flat = flatten(params)
-        items = list(flat.items())
-        for i in range(0, len(items), 100):  # MLflow caps params per batch call at 100
-            self.client.log_batch(self.run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in items[i:i + 100]])
+        local_db = sqlite_path(self.uri)
+        if local_db:
+            local_db.parent.mkdir(parents=True, exist_ok=True)
+        if resume_run_id is not None and resume_run_id.startswith(LOCAL_RUN_PREFIX):
+            self.run_id = resume_run_id
+            log.warning("run %s was never on an MLflow store; it goes on locally, for `python -m pipeline replay`",
+                        self.run_id)
+        else:
+            self._open_run_or_go_local(flat, tags, resume_run_id)
+        self._local.append({"event": "run", "run_id": self.run_id, "uri": absolute_uri(self.uri),
+                            "experiment": self.experiment, "run_name": self.run_name, "params": flat, "tags": tags})
+        if self.online:
+            self._sender = MetricSender(self._send_batch, self.uri)
         return self.run_id
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        stamp = mlflow.utils.time.get_current_time_millis()
-        entries = [mlflow.entities.Metric(k, float(v), stamp, step) for k, v in metrics.items()]
-        for i in range(0, len(entries), 1000):
-            self.client.log_batch(self.run_id, metrics=entries[i:i + 1000])
+    def _open_run_or_go_local(self, params: dict[str, str], tags: dict[str, str], resume_run_id: str | None) -> None:
+        try:
+            with bounded_http(self.http):
+                self.run_id = self._open_run(params, tags, resume_run_id)
+            self.online = True
+        except Exception as error:  # MLflow raises many types for an unreachable or broken store
+            self.run_id = resume_run_id or f"{LOCAL_RUN_PREFIX}{uuid.uuid4().hex}"
+            log.warning("MLflow store %s is unreachable (%s); training goes on as run %s, kept locally for "
+                        "`python -m pipeline replay`", self.uri, short_error(error), self.run_id)
 
-    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+    def _open_run(self, params: dict[str, str], tags: dict[str, str], resume_run_id: str | None) -> str:
+        if resume_run_id is None:
+            run = self.client.create_run(experiment_id(self.client, self.experiment, self.uri),
+                                         run_name=self.run_name, tags=tags)
+            log_params_and_tags(self.client, run.info.run_id, params, {})
+            return run.info.run_id
+        known = self.client.get_run(resume_run_id).data.params
+        self.client.update_run(resume_run_id, status="RUNNING")
+        changed = sorted(k for k, v in params.items() if k in known and known[k] != v[:MAX_PARAM_LENGTH])
+        if changed:
+            log.warning("run %s resumed with changed params %s; MLflow keeps the first values", resume_run_id,
+                        ", ".join(changed))
+        log_params_and_tags(self.client, resume_run_id, {k: v for k, v in params.items() if k not in known}, tags)
+        return resume_run_id
+
+    def keep_local_copy(self, path: Path) -> None:
+        """Append every metric (and the params and tags, once) to `path` (the run folder's metrics.jsonl);
+        whatever was logged before this call is written now."""
+        self._local.open(Path(path))
 
     def end(self, status: str = "FINISHED") -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+        """Send what is queued (waiting at most `flush_timeout` for an unreachable store), then mark the run
+        terminated. Whatever could not be sent is in the local copy; a warning gives the replay command."""
+        if self._ended or self.run_id is None:
+            return
+        self._ended = True
+        report = self._sender.close(self.flush_timeout) if self._sender else None
+        unsent = report.unsent if report else self._logged
+        status_sent = self.online and self._call("mark the run terminated", self.client.set_terminated,
+                                                 self.run_id, status=status)
+        self._local.append({"event": "end", "status": status})
+        self._local.close()
+        if unsent or not status_sent:
+            self._warn_replay(unsent, status)
+
+    def _warn_replay(self, unsent: int, status: str) -> None:
+        if self.online:
+            missing = f"{unsent} metric values and the final status ({status}) of run {self.run_id}"
+        else:
+            missing = f"run {self.run_id} (params, tags, {unsent} metric values, status {status})"
+        if self._local.path is None:
+            log.warning("%s never reached MLflow store %s and no local copy was kept (Tracker.keep_local_copy "
+                        "was not called): they are lost", missing, self.uri)
+            return
+        log.warning("%s did not reach MLflow store %s; they are kept in %s. Send them with: "
+                    "python -m pipeline replay %s", missing, self.uri, self._local.path, self._local.path.parent)
+
+    # ---- metrics ---------------------------------------------------------------------------------------
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queue the values and return; never blocks on the network. NaN and infinities are fine."""
+        if self._ended:
+            raise RuntimeError(f"run {self.run_id}: log_metrics after end()")
+        values = {key: float(value) for key, value in metrics.items()}
+        stamp = get_current_time_millis()
+        self._logged += len(values)
+        self._local.append({"event": "metrics", "step": step, "timestamp": stamp, "values": values})
+        if self._sender is not None:
+            self._sender.put([Metric(key, value, stamp, step) for key, value in values.items()])
+
+    def _send_batch(self, metrics: list[Metric]) -> None:
+        with bounded_http(dataclasses.replace(self.http, max_retries=0)):  # the sender does the retrying
+            for i in range(0, len(metrics), MAX_BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_BATCH])
+
+    # ---- artifacts -------------------------------------------------------------------------------------
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> bool:
+        """Upload a file; on failure a warning and a note in the local copy. True when uploaded."""
+        path = Path(path).resolve()
+        if self.online and self._call(f"upload {path}", self.client.log_artifact, self.run_id, str(path),
+                                      artifact_path=folder):
+            return True
+        self._local.append({"event": "artifact_not_uploaded", "path": str(path), "folder": folder})
+        return False
+
+    def log_figure(self, figure: Figure, artifact_file: str) -> bool:
+        """Save the figure as `artifact_file` (e.g. "plots/loss.png") beside the local copy, then upload it."""
+        folder = self._local.path.parent if self._local.path else Path(tempfile.mkdtemp(prefix="figures-"))
+        path = folder / artifact_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100)
+        return self.log_artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
+
+    def log_model(self, model: torch.nn.Module, input_example: torch.Tensor) -> bool:
+        """Log the model (pipeline/export.py) so `mlflow.pytorch.load_model("runs:/<run id>/model")` returns
+        it; `input_example`: a few images [N,3,H,W] in [0,1]. Call once, at the end of the run."""
+        from pipeline.export import log_exported_model
+
+        if self.online and self._call("log the model", log_exported_model, self.client, self.uri, self.run_id,
+                                      MODEL_NAME, model, input_example):
+            return True
+        self._local.append({"event": "model_not_logged"})
+        return False
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+
+    def _call(self, what: str, function, *args, **kwargs) -> bool:
+        """Run one MLflow call with bounded HTTP; a failure is a warning, never an exception."""
+        try:
+            with bounded_http(self.http):
+                function(*args, **kwargs)
+            return True
+        except Exception as error:  # MLflow raises many types for an unreachable store
+            log.warning("could not %s for run %s (MLflow store %s): %s", what, self.run_id, self.uri,
+                        short_error(error))
+            return False

@@ -1,60 +1,128 @@
-"""The train job: config -> data -> model -> trainer, tracked as one MLflow run."""
+"""The train job: config -> data -> model -> trainer, tracked as one MLflow run.
+
+Under torchrun every rank runs this; rank 0 alone generates data, tracks and writes files.
+`resume` ("auto" or a checkpoint path) continues a run in its own folder and MLflow run.
+"""
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from datasets.summary import summarize
+from pipeline.checkpoint import latest_checkpoint, load_checkpoint
 from pipeline.config import Config, config_to_dict
-from pipeline.data import build_splits, eval_loader, train_loader
-from pipeline.device import select_device, select_precision
+from pipeline.data import build_splits, ensure_shapes, eval_loader, train_loader
+from pipeline.device import select_precision
+from pipeline.distributed import DistInfo, barrier, broadcast_from_main, init_distributed, shutdown
 from pipeline.model import build_model
+from pipeline.plots import run_figures
 from pipeline.pretrained import with_local_weights
-from pipeline.seeding import seed_everything
-from pipeline.tracking import Tracker
+from pipeline.run_tags import run_tags
+from pipeline.seeding import seed_everything, set_deterministic
+from pipeline.tracking import Tracker, resolve_uri
 from pipeline.trainer import DataInfo, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
 
-def run_training(config: Config) -> tuple[TrainResult, str]:
-    """Train; return the result and the MLflow run id."""
+@dataclass
+class Resume:
+    checkpoint: Path
+    state: dict[str, Any]
+
+
+def run_training(config: Config, resume: str | None = None,
+                 tags: dict[str, str] | None = None) -> tuple[TrainResult, str]:
+    """Train (continuing from `resume` when given); return the result and the MLflow run id. `tags` are added
+    to the run's (e.g. mlflow.parentRunId)."""
+    dist, device = init_distributed(config.train.device)
+    try:
+        return _train(config, find_resume(resume, config), dist, device, tags or {})
+    finally:
+        shutdown()
+
+
+def find_resume(resume: str | None, config: Config) -> Resume | None:
+    """`auto`: the newest last.pt of this experiment, if any; a path: that checkpoint, which must exist."""
+    if resume is None:
+        return None
+    path = latest_checkpoint(Path(config.output_dir) / config.name) if resume == "auto" else Path(resume)
+    if path is None:
+        log.info("--resume auto: no checkpoint under %s; starting a new run", Path(config.output_dir) / config.name)
+        return None
+    return Resume(path, load_checkpoint(path))
+
+
+def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
+           tags: dict[str, str]) -> tuple[TrainResult, str]:
+    set_deterministic(config.train.deterministic)
     seed_everything(config.seed)
+    if dist.is_main:
+        ensure_shapes(config.data)
+    barrier(dist)
     splits = build_splits(config.data)
-    tracker = Tracker(config.tracking)
-    model = build_model(with_local_weights(config.model, tracker.uri), num_classes=len(splits.class_names))
+    model = build_model(with_local_weights(config.model, resolve_uri(config.tracking)),
+                        num_classes=len(splits.class_names))
     summary = summarize(splits.train, config.data.image_size)
     for head in model.heads.values():
         head.fit_data(summary)
-    device = select_device(config.train.device)
-    precision = select_precision(config.train.amp, device)
-    run_id = tracker.start(config_to_dict(config), tags={
-        "mlflow.source.name": "python -m pipeline train",
-        "command": " ".join(sys.argv),
-        "data.train": config.data.train,
-        "data.val": config.data.val,
-    })
+    tracker = Tracker(config.tracking) if dist.is_main else None
+    run_id = broadcast_from_main(start_run(tracker, config, resume, tags), dist)
+    output_dir = resume.checkpoint.parent if resume else Path(config.output_dir) / config.name / run_id
     try:
-        output_dir = Path(config.output_dir) / config.name / run_id
-        output_dir.mkdir(parents=True, exist_ok=True)
-        resolved = output_dir / "config.yaml"
-        resolved.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-        tracker.log_artifact(resolved)
-        log.info("run %s: %d train / %d val images, classes %s, device %s", run_id, len(splits.train),
-                 len(splits.val), splits.class_names, device)
+        if tracker:
+            record_run_start(tracker, config, output_dir)
+        log.info("run %s: %d train / %d val images, classes %s, device %s, %d process(es)", run_id,
+                 len(splits.train), len(splits.val), splits.class_names, device, dist.world_size)
         trainer = Trainer(
-            config, model,
-            train_loader(splits.train, config.data, config.seed), eval_loader(splits.val, config.data, config.seed),
-            DataInfo(splits.class_names, splits.category_ids), device, precision, output_dir, tracker,
+            config, model, train_loader(splits.train, config.data, config.seed, dist),
+            eval_loader(splits.val, config.data, config.seed, dist),
+            DataInfo(splits.class_names, splits.category_ids), device, select_precision(config.train.amp, device),
+            output_dir, tracker, dist, run_id,
         )
+        if resume:
+            trainer.restore(resume.state)
         result = trainer.fit()
-        tracker.log_metrics({"time/train_seconds": result.seconds}, step=config.train.epochs)
-        tracker.log_artifact(result.checkpoint, "checkpoints")
-    except BaseException:
-        tracker.end("FAILED")
+        if tracker:
+            record_run_end(tracker, trainer, result)
+    except BaseException as error:
+        if tracker:
+            tracker.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
-    tracker.end("FINISHED")
+    if tracker:
+        tracker.end("FINISHED")
     return result, run_id
+
+
+def start_run(tracker: Tracker | None, config: Config, resume: Resume | None, tags: dict[str, str]) -> str | None:
+    if tracker is None:
+        return None
+    resume_id = resume.state.get("tracking_run_id") if resume else None
+    return tracker.start(config_to_dict(config), tags={**run_tags(config, sys.argv), **tags}, resume_run_id=resume_id)
+
+
+def record_run_start(tracker: Tracker, config: Config, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tracker.keep_local_copy(output_dir / "metrics.jsonl")
+    resolved = output_dir / "config.yaml"
+    resolved.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tracker.log_artifact(resolved)
+
+
+def record_run_end(tracker: Tracker, trainer: Trainer, result: TrainResult) -> None:
+    tracker.log_metrics({"time/train_seconds": result.seconds}, step=trainer.position.global_step)
+    tracker.log_artifact(result.checkpoint, "checkpoints")
+    if result.best_checkpoint:
+        tracker.log_artifact(result.best_checkpoint, "checkpoints")
+    model = trainer.ema.module if trainer.ema else trainer.model     # the weights validation measured
+    val_batch = next(iter(trainer.val_loader))
+    figures = run_figures(result.step_history, result.evaluation.confusion_matrices, model, val_batch,
+                          trainer.data_info.class_names)
+    for path, figure in figures.items():
+        tracker.log_figure(figure, path)
+    tracker.log_model(model, val_batch.image)

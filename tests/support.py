@@ -88,3 +88,34 @@ def assert_finds_the_boxes(head, features: list[torch.Tensor], image: torch.Tens
         iou = box_iou(gt_boxes, prediction["boxes"][top])
         assert (iou.amax(dim=1) > min_iou).all()
         assert torch.equal(prediction["labels"][top][iou.argmax(dim=1)], gt_labels)
+
+
+class _BatchList(torch.utils.data.Dataset):
+    """Ready-made batches as a dataset keyed like the trainer's sampler keys: (epoch, index) -> batch."""
+
+    def __init__(self, batches: list[Batch]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, key):
+        return self.batches[key[1]]
+
+
+def batch_loader(batches: list[Batch], seed: int = 0) -> torch.utils.data.DataLoader:
+    """A train loader over fixed batches, with the trainer's resumable sampler (one batch per index)."""
+    from datasets.sampling import ResumableDistributedSampler
+
+    dataset = _BatchList(batches)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=1, rank=0, seed=seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=1, sampler=sampler, collate_fn=lambda items: items[0])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for torchrun and mlflow server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

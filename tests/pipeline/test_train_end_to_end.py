@@ -49,10 +49,14 @@ def test_run_is_tracked_with_every_task_metric_per_epoch(trained):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.heads.det.type"] == "yolo"
-    for key in TASK_METRICS + TASK_LOSSES:
-        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
-    artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-    assert {"config.yaml", "checkpoints/last.pt"} <= artifacts
+    # 16 images in batches of 8: 2 optimiser steps per epoch. Losses and lr every step, the rest per epoch.
+    for key in TASK_LOSSES + ["lr"]:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3, 4], key
+    for key in TASK_METRICS + [f"epoch/{k}" for k in TASK_LOSSES] + ["system/images_per_second"]:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [2, 4], key
+    artifacts = {a.path for folder in (None, "checkpoints", "plots") for a in client.list_artifacts(run_id, folder)}
+    assert {"config.yaml", "checkpoints/last.pt", "plots/losses.png", "plots/predictions.png"} <= artifacts
+    assert run.data.tags["data.train.sha256"] and run.data.tags["git.dirty"] in ("true", "false", "unknown")
     # Artifacts stay beside the sqlite store, never in the working directory.
     assert (tmp_path / "artifacts").is_dir() and not (Path.cwd() / "mlruns").exists()
 

@@ -9,7 +9,7 @@ from pipeline.device import select_precision
 from pipeline.model import build_model
 from pipeline.trainer import DataInfo, Trainer
 from pipeline.typed_config import ConfigError
-from support import make_batch
+from support import batch_loader, make_batch
 
 
 def trainer_for(tmp_path, backbone: dict, epochs: int = 1, lr: float = 0.01) -> Trainer:
@@ -22,7 +22,7 @@ def trainer_for(tmp_path, backbone: dict, epochs: int = 1, lr: float = 0.01) -> 
     torch.manual_seed(0)
     model = build_model(config.model, num_classes=3)
     batches = [make_batch(size=64, batch=4, seed=i) for i in range(2)]
-    return Trainer(config, model, batches, batches[:1], DataInfo(["a", "b", "c"], [1, 2, 3]),
+    return Trainer(config, model, batch_loader(batches), batches[:1], DataInfo(["a", "b", "c"], [1, 2, 3]),
                    torch.device("cpu"), select_precision("fp32", torch.device("cpu")), tmp_path)
 
 

@@ -1,4 +1,4 @@
-"""Combine per-task losses into the one scalar that is back-propagated."""
+"""The trainer's record of one micro-batch's losses, and the fixed weighted sum it back-propagated until now."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,0 +1,184 @@
+"""The multi-task gain: `python -m pipeline compare CONFIG` trains each task alone and all tasks together
+(same backbone, data, epochs and optimiser) and reports what sharing the backbone gained and saved.
+
+Delta_m (Maninis et al. 2019; Vandenhende et al. 2021) is the mean over tasks of the relative change of
+each task's main metric, sign-corrected so that positive is better:
+    Delta_m = 100 / T * sum_t (-1)^{l_t} (M_multi,t - M_single,t) / M_single,t,   l_t = 1 if lower is better.
+The comparison is one MLflow parent run; every training run is its child.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Config, config_to_dict
+from pipeline.eval_checkpoint import model_from_checkpoint
+from pipeline.model import MultiTaskModel
+from pipeline.tracking import Tracker
+from pipeline.train import run_training
+
+# The metric each head kind is judged by, and whether higher is better; the first one a head reports counts.
+MAIN_METRICS: dict[str, list[tuple[str, bool]]] = {
+    "classification": [("accuracy", True), ("mAP", True)],
+    "segmentation": [("mIoU", True)],
+    "detection": [("mAP", True)],
+    "reconstruction": [("psnr", True)],
+}
+
+
+@dataclass
+class RunSummary:
+    tasks: list[str]
+    metrics: dict[str, float]      # "task/metric" -> value
+    train_seconds: float
+    inference_seconds: float       # one forward + decode of a batch of validation images (median)
+    parameters: int
+    run_id: str
+
+
+@dataclass
+class Comparison:
+    multi: RunSummary
+    singles: dict[str, RunSummary]
+    main_metrics: dict[str, tuple[str, bool]]   # task -> (metric, higher is better)
+
+    def relative_change(self, task: str) -> float:
+        metric, higher = self.main_metrics[task]
+        single, multi = self.singles[task].metrics[f"{task}/{metric}"], self.multi.metrics[f"{task}/{metric}"]
+        return (1.0 if higher else -1.0) * (multi - single) / abs(single)
+
+    @property
+    def delta_m(self) -> float:
+        """In percent."""
+        return 100.0 * statistics.fmean(self.relative_change(task) for task in self.singles)
+
+    @property
+    def train_time_ratio(self) -> float:
+        return self.multi.train_seconds / sum(s.train_seconds for s in self.singles.values())
+
+    @property
+    def inference_time_ratio(self) -> float:
+        return self.multi.inference_seconds / sum(s.inference_seconds for s in self.singles.values())
+
+    @property
+    def parameter_ratio(self) -> float:
+        return self.multi.parameters / sum(s.parameters for s in self.singles.values())
+
+
+def single_task_config(config: Config, task: str) -> Config:
+    """The same experiment with only `task`'s head, weight 1 (a task alone needs no weighting)."""
+    single = copy.deepcopy(config)
+    head = dataclasses.replace(single.model.heads[task], weight=1.0)
+    single.model = dataclasses.replace(single.model, heads={task: head},
+                                       weighting=dataclasses.replace(single.model.weighting, name="static",
+                                                                     options=None))
+    single.name = f"{config.name}-{task}"
+    single.tracking = dataclasses.replace(single.tracking, run_name=f"{task} alone")
+    return single
+
+
+def main_metric(task: str, kind: str, metrics: dict[str, float]) -> tuple[str, bool]:
+    for metric, higher in MAIN_METRICS[kind]:
+        if f"{task}/{metric}" in metrics:
+            return metric, higher
+    raise ValueError(f"compare: task {task!r} ({kind}) reported none of {[m for m, _ in MAIN_METRICS[kind]]}")
+
+
+def train_and_measure(config: Config, parent_run_id: str) -> tuple[RunSummary, MultiTaskModel]:
+    result, run_id = run_training(config, tags={"mlflow.parentRunId": parent_run_id})
+    model, _ = model_from_checkpoint(result.checkpoint)
+    summary = RunSummary(list(config.model.heads), result.evaluation.metrics, result.seconds, 0.0,
+                         sum(p.numel() for p in model.parameters()), run_id)
+    return summary, model
+
+
+@torch.no_grad()
+def inference_seconds(models: dict[str, MultiTaskModel], images: torch.Tensor, repeats: int = 7) -> dict[str, float]:
+    """Median time of forward + decode on `images` per model, the models interleaved in every round so a
+    noisy machine slows them alike."""
+    for model in models.values():
+        model.eval()
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, model in models.items():
+            start = time.perf_counter()
+            outputs = model(images)
+            for task, head in model.heads.items():
+                head.decode(outputs[task])
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
+
+
+def run_compare(config: Config) -> tuple[Comparison, Path]:
+    """Train every task alone, then all together, as children of one MLflow parent run; the report is
+    written to <output_dir>/<name>/compare-<parent run id>.md and logged with the parent run."""
+    tracker = Tracker(dataclasses.replace(config.tracking, run_name=f"{config.name}: multi-task vs single-task"))
+    parent = tracker.start(config_to_dict(config), tags={"mlflow.source.name": "python -m pipeline compare"})
+    try:
+        comparison = _compare(config, parent)
+        tracker.log_metrics({"compare/delta_m_percent": comparison.delta_m,
+                             "compare/train_time_ratio": comparison.train_time_ratio,
+                             "compare/inference_time_ratio": comparison.inference_time_ratio,
+                             "compare/parameter_ratio": comparison.parameter_ratio}, step=0)
+        path = Path(config.output_dir) / config.name / f"compare-{parent}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report(comparison) + "\n")
+        tracker.log_artifact(path)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return comparison, path
+
+
+def _compare(config: Config, parent: str) -> Comparison:
+    singles, models = {}, {}
+    for task in config.model.heads:
+        singles[task], models[task] = train_and_measure(single_task_config(config, task), parent)
+    multi, models["multi"] = train_and_measure(config, parent)
+    images = validation_images(config)
+    seconds = inference_seconds(models, images)
+    for task, summary in singles.items():
+        summary.inference_seconds = seconds[task]
+    multi.inference_seconds = seconds["multi"]
+    kinds = {task: head.kind for task, head in models["multi"].heads.items()}
+    main = {task: main_metric(task, kinds[task], multi.metrics) for task in singles}
+    return Comparison(multi, singles, main)
+
+
+def validation_images(config: Config) -> torch.Tensor:
+    """One batch of validation images at the training size: what inference is timed on."""
+    from pipeline.data import build_splits, eval_loader
+
+    splits = build_splits(config.data)
+    return next(iter(eval_loader(splits.val, config.data, config.seed))).image
+
+
+def report(comparison: Comparison) -> str:
+    """A Markdown table: each task's main metric alone and shared, then the totals."""
+    lines = ["| task | metric | alone | shared | change |", "|---|---|---|---|---|"]
+    for task, (metric, higher) in comparison.main_metrics.items():
+        alone = comparison.singles[task].metrics[f"{task}/{metric}"]
+        shared = comparison.multi.metrics[f"{task}/{metric}"]
+        lines.append(f"| {task} | {metric} ({'higher' if higher else 'lower'} is better) | {alone:.4f} | "
+                     f"{shared:.4f} | {100 * comparison.relative_change(task):+.1f}% |")
+    singles = comparison.singles.values()
+    lines += [
+        "",
+        f"Delta_m = **{comparison.delta_m:+.2f}%** (mean sign-corrected relative change; positive: sharing helps)",
+        "",
+        "| | separate models (sum) | one shared model | ratio |", "|---|---|---|---|",
+        f"| parameters | {sum(s.parameters for s in singles):,} | {comparison.multi.parameters:,} | "
+        f"{comparison.parameter_ratio:.2f} |",
+        f"| training time | {sum(s.train_seconds for s in singles):.0f} s | {comparison.multi.train_seconds:.0f} s | "
+        f"{comparison.train_time_ratio:.2f} |",
+        f"| inference time (one batch) | {1000 * sum(s.inference_seconds for s in singles):.1f} ms | "
+        f"{1000 * comparison.multi.inference_seconds:.1f} ms | {comparison.inference_time_ratio:.2f} |",
+    ]
+    return "\n".join(lines)

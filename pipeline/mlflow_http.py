@@ -1,0 +1,80 @@
+"""MLflow's process-wide settings, scoped to one call of ours.
+
+Bounded HTTP: a dead tracking server must cost seconds, not MLflow's default minutes.
+
+MLflow reads its retry and timeout settings from environment variables at each request
+(MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR, _BACKOFF_JITTER, _TIMEOUT; by default 7 retries with
+exponential backoff and a 120 s timeout) and offers no per-client setting. `bounded_http` sets them only for
+the duration of one of our calls, leaves any the user set alone, and restores them afterwards. While it is
+held, other threads' MLflow calls see the same bounds; training makes no other MLflow calls.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from mlflow.exceptions import MlflowException
+
+# The environment is process-wide, so the lock that keeps overlapping calls from restoring each other's
+# values is too.
+_ENVIRONMENT_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_retries: int = 1                # MLflow's own retries of one request (our sender retries on top)
+    backoff_factor: int = 1             # seconds; urllib3 waits 0, then factor * 2**(n-1)
+    timeout: int = 10                   # seconds to connect and to read one response
+
+    def environment(self) -> dict[str, str]:
+        return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.max_retries),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(self.backoff_factor),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.timeout)}
+
+
+@contextmanager
+def bounded_http(limits: HttpLimits) -> Iterator[None]:
+    """MLflow HTTP requests inside this block use `limits`, except for settings the user exported."""
+    with _ENVIRONMENT_LOCK:
+        ours = {k: v for k, v in limits.environment().items() if k not in os.environ}
+        os.environ.update(ours)
+        try:
+            yield
+        finally:
+            for key in ours:
+                os.environ.pop(key, None)
+
+
+def is_rejection(error: BaseException) -> bool:
+    """True when the store answered and refused the request (a bad value, a deleted run): retrying cannot
+    help. Connection failures, timeouts, 5xx and 429 are transient."""
+    if not isinstance(error, MlflowException):
+        return False
+    status = error.get_http_status_code()
+    return 400 <= status < 500 and status != 429
+
+
+@contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's model logging reads the process-wide tracking URI: point it at `uri` for one call, then
+    restore it, and MLFLOW_TRACKING_URI, which MLflow's own restore unsets when no URI was set in code."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _ENVIRONMENT_LOCK:
+        exported = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            with _use_tracking_uri(uri):
+                yield
+        finally:
+            if exported is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
+def short_error(error: BaseException) -> str:
+    """The first line of an error, for a one-line warning (MLflow's messages can run to pages)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

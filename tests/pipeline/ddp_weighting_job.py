@@ -1,0 +1,57 @@
+"""Run under torchrun by test_weighting_ddp.py: train two steps with every weighting strategy, then save this
+rank's parameters and task weights to <out>/rank<r>.pt."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.config import parse_config
+from pipeline.data import build_splits, ensure_shapes, eval_loader, train_loader
+from pipeline.device import select_precision
+from pipeline.distributed import barrier, init_distributed, shutdown
+from pipeline.model import build_model
+from pipeline.trainer import DataInfo, Trainer
+from pipeline.weighting import STRATEGIES
+
+
+def config_for(strategy: str, data: Path) -> dict:
+    return {
+        "seed": 1,
+        "data": {"train": str(data / "train/annotations.json"), "val": str(data / "val/annotations.json"),
+                 "image_size": 32, "batch_size": 2, "num_workers": 0, "shapes": {"train_images": 16, "val_images": 4}},
+        "model": {"backbone": {"name": "lenet5"},
+                  "heads": {"cls": {"type": "classification", "dropout": 0.0},
+                            "seg": {"type": "unet", "decoder_channels": [8, 8]},
+                            "recon": {"type": "ae", "bottleneck_stride": 4, "decoder_channels": [8, 8], "weight": 5.0}},
+                  "weighting": {"name": strategy}},
+        "train": {"epochs": 1, "device": "cpu", "accumulate": 2, "optimizer": {"name": "adamw", "lr": 0.01},
+                  "scheduler": {"name": "constant", "warmup_epochs": 0}},
+    }
+
+
+def main(out: Path) -> None:
+    dist, device = init_distributed("cpu")
+    results = {}
+    for strategy in STRATEGIES:
+        config = parse_config(config_for(strategy, out / "data"))
+        if dist.is_main:
+            ensure_shapes(config.data)
+        barrier(dist)
+        splits = build_splits(config.data)
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, num_classes=len(splits.class_names))
+        trainer = Trainer(config, model, train_loader(splits.train, config.data, config.seed, dist),
+                          eval_loader(splits.val, config.data, config.seed, dist),
+                          DataInfo(splits.class_names, splits.category_ids), device,
+                          select_precision("fp32", device), out / strategy / f"rank{dist.rank}", dist=dist)
+        trainer.train_epoch(0)
+        results[strategy] = {"parameters": {k: v.detach().clone() for k, v in trainer.model.named_parameters()},
+                             "weights": trainer.weighting.weights(), "steps": trainer.position.global_step}
+    torch.save(results, out / f"rank{dist.rank}.pt")
+    shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

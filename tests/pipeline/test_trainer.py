@@ -1,0 +1,119 @@
+"""The trainer's step and epoch machinery on fixed batches: non-finite steps, checkpoints, EMA, early stopping."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.config import parse_config
+from pipeline.device import select_precision
+from pipeline.model import build_model
+from pipeline.trainer import DataInfo, NonFiniteLossError, Trainer
+from support import batch_loader, make_batch
+
+
+def trainer_for(tmp_path, batches, **train) -> Trainer:
+    config = parse_config({
+        "data": {"train": "unused", "val": "unused"},
+        "model": {"backbone": {"name": "lenet5"},
+                  "heads": {"cls": {"type": "classification", "dropout": 0.0}}},
+        "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "constant"}, **train},
+    })
+    torch.manual_seed(0)
+    model = build_model(config.model, num_classes=3)
+    return Trainer(config, model, batch_loader(batches), [make_batch(size=32, batch=4, seed=99)],
+                   DataInfo(["a", "b", "c"], [1, 2, 3]), torch.device("cpu"),
+                   select_precision("fp32", torch.device("cpu")), tmp_path)
+
+
+def clean_batches(count: int) -> list:
+    return [make_batch(size=32, batch=4, seed=i) for i in range(count)]
+
+
+def poisoned(batch):
+    batch.image[0, 0, 0, 0] = float("nan")
+    return batch
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_a_non_finite_step_is_skipped_and_logged_and_training_goes_on(tmp_path, caplog):
+    trainer = trainer_for(tmp_path, [poisoned(make_batch(size=32, batch=4, seed=0))] + clean_batches(3)[1:],
+                          epochs=1)
+    trainer.sampler.shuffle = False  # the poisoned batch comes first
+    before = weights(trainer)
+    step = trainer.optimizer_step([poisoned(make_batch(size=32, batch=4, seed=0))])
+    assert step == {}
+    assert all(torch.equal(before[k], v) for k, v in weights(trainer).items())   # no update from NaN
+    assert trainer.position.bad_steps == 1 and trainer.position.skipped_steps == 1
+    with caplog.at_level(logging.WARNING):
+        trainer.fit()
+    assert "non-finite train/loss, train/cls/loss" in caplog.text and "step skipped" in caplog.text
+    assert trainer.position.skipped_steps == 2 and trainer.position.bad_steps == 0
+    assert all(torch.isfinite(v).all() for v in weights(trainer).values())
+
+
+def test_consecutive_non_finite_steps_stop_the_run_naming_step_task_and_losses(tmp_path):
+    trainer = trainer_for(tmp_path, [poisoned(make_batch(size=32, batch=4, seed=i)) for i in range(4)],
+                          max_bad_steps=3)
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "step 3 (epoch 1, step 3 of 4)" in message
+    assert "train/cls/loss=nan" in message and "3 non-finite steps in a row" in message
+
+
+def test_checkpoints_keep_last_best_and_the_last_k_step_files(tmp_path):
+    trainer = trainer_for(tmp_path, clean_batches(3), epochs=3, monitor="val/cls/accuracy",
+                          checkpoint={"every_steps": 1, "keep_last": 2})
+    result = trainer.fit()
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-8.pt", "step-9.pt"]
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["position"] == {"epoch": 3, "step_in_epoch": 0, "global_step": 9, "bad_steps": 0, "skipped_steps": 0}
+    best = load_checkpoint(result.best_checkpoint)
+    accuracies = [h["val/cls/accuracy"] for h in result.history]
+    assert best["metrics"]["cls/accuracy"] == max(accuracies)
+    assert best["position"]["epoch"] == accuracies.index(max(accuracies)) + 1   # the first epoch reaching the best
+    assert {"model", "ema", "optimizer", "scheduler", "scaler", "rng", "monitor", "weighting",
+            "tracking_run_id"} <= set(last)
+
+
+def test_a_mid_epoch_checkpoint_records_where_the_sampler_stands(tmp_path):
+    trainer = trainer_for(tmp_path, clean_batches(4), epochs=1, checkpoint={"every_steps": 1, "keep_last": 4})
+    trainer.fit()
+    mid = load_checkpoint(tmp_path / "step-2.pt")
+    assert mid["position"]["epoch"] == 0 and mid["position"]["step_in_epoch"] == 2
+    resumed = trainer_for(tmp_path / "resumed", clean_batches(4), epochs=1)
+    resumed.restore(mid)
+    resumed.fit()
+    final = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert all(torch.equal(final[k], v) for k, v in resumed.model.state_dict().items())
+
+
+def test_ema_weights_are_validated_and_checkpointed(tmp_path):
+    trainer = trainer_for(tmp_path, clean_batches(3), epochs=1, ema_decay=0.5)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / "last.pt")
+    differs = [k for k in state["model"] if not torch.equal(state["model"][k], state["ema"][k])]
+    assert differs  # the average lags the trained weights
+    assert trainer.validate().metrics == pytest.approx(state["metrics"])
+    ema = trainer_for(tmp_path / "ema", clean_batches(3))
+    ema.model.load_state_dict(state["ema"])
+    assert ema.validate().metrics == pytest.approx(state["metrics"])
+
+
+def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(tmp_path):
+    trainer = trainer_for(tmp_path, clean_batches(2), epochs=10, monitor="val/cls/accuracy",
+                          optimizer={"name": "sgd", "lr": 0.0}, early_stopping={"patience": 2})
+    result = trainer.fit()
+    assert result.stopped_early and len(result.history) == 3   # best at epoch 1, then 2 epochs without improvement
+
+
+def test_an_unknown_monitor_metric_is_a_clear_error(tmp_path):
+    trainer = trainer_for(tmp_path, clean_batches(2), monitor="val/cls/acuracy")
+    with pytest.raises(ValueError, match="train.monitor: 'val/cls/acuracy' is not a logged metric"):
+        trainer.fit()
