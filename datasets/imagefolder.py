@@ -5,18 +5,16 @@ and boxes are missing (None), never empty. Class index i is the i-th folder name
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from datasets.image_io import load_rgb
+from datasets.image_io import first_readable, load_rgb
 from datasets.record import RawRecord
 from datasets.sample import Sample
 from datasets.transforms import apply_transform, to_tensor_transform
 
-logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -57,15 +55,9 @@ class ImageFolderDataset(Dataset):
 
     def read_record(self, index: int) -> RawRecord:
         """An undecodable file raises, or with skip_invalid is replaced by the next one (counted, logged)."""
-        for attempt in range(len(self)):
-            position = (index + attempt) % len(self)
-            path, label = self.files[position]
-            try:
-                return RawRecord(image=load_rgb(path), image_id=position, label=label,
-                                 multi_label=np.eye(len(self.class_names), dtype=np.float32)[label])
-            except ValueError:
-                if not self.skip_invalid:
-                    raise
-                self.skipped["images"] += 1
-                logger.warning("skipping an unreadable image: %s", path)
-        raise ValueError(f"{self.root}: no image could be read")
+        return first_readable(index, len(self), self._record, self.skip_invalid, self.skipped, self.root)
+
+    def _record(self, position: int) -> RawRecord:
+        path, label = self.files[position]
+        return RawRecord(image=load_rgb(path), image_id=position, label=label,
+                         multi_label=np.eye(len(self.class_names), dtype=np.float32)[label])

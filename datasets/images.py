@@ -5,18 +5,16 @@ reconstruction-only part of a dataset mixture.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from datasets.image_io import load_rgb
+from datasets.image_io import first_readable, load_rgb
 from datasets.imagefolder import IMAGE_SUFFIXES
 from datasets.record import RawRecord
 from datasets.sample import Sample
 from datasets.transforms import apply_transform, to_tensor_transform
 
-logger = logging.getLogger(__name__)
 
 
 class ImageOnlyDataset(Dataset):
@@ -43,16 +41,8 @@ class ImageOnlyDataset(Dataset):
 
     def read_record(self, index: int) -> RawRecord:
         """An undecodable file raises, or with skip_invalid is replaced by the next one (counted, logged)."""
-        for attempt in range(len(self)):
-            position = (index + attempt) % len(self)
-            try:
-                return RawRecord(image=load_rgb(self.files[position]), image_id=position)
-            except ValueError:
-                if not self.skip_invalid:
-                    raise
-                self.skipped["images"] += 1
-                logger.warning("skipping an unreadable image: %s", self.files[position])
-        raise ValueError(f"{self.root}: no image could be read")
+        return first_readable(index, len(self), lambda i: RawRecord(image=load_rgb(self.files[i]), image_id=i),
+                              self.skip_invalid, self.skipped, self.root)
 
 
 def files_inside(folder: Path, suffixes: set[str]) -> list[Path]:

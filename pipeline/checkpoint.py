@@ -4,36 +4,39 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
+@contextmanager
+def _replaced_atomically(path: Path) -> Iterator[str]:
+    """Yield a temp file in `path`'s folder to write; it replaces `path` only once written, so a crash never
+    leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    with _replaced_atomically(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
 def atomic_copy(source: Path, target: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with _replaced_atomically(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 
