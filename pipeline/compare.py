@@ -56,7 +56,15 @@ class Comparison:
     @property
     def delta_m(self) -> float:
         """In percent."""
-        return 100.0 * statistics.fmean(self.relative_change(task) for task in self.singles)
+        return self.delta_m_over(list(self.singles))
+
+    def delta_m_over(self, tasks: list[str]) -> float:
+        return 100.0 * statistics.fmean(self.relative_change(task) for task in tasks)
+
+    def degenerate_baselines(self) -> list[str]:
+        """Tasks whose single-task metric is so low that the relative change passes 100%: one of them then
+        dominates Delta_m, so the report also gives Delta_m without them."""
+        return [task for task in self.singles if abs(self.relative_change(task)) > 1.0]
 
     @property
     def train_time_ratio(self) -> float:
@@ -172,6 +180,7 @@ def report(comparison: Comparison) -> str:
     lines += [
         "",
         f"Delta_m = **{comparison.delta_m:+.2f}%** (mean sign-corrected relative change; positive: sharing helps)",
+        *degenerate_note(comparison),
         "",
         "| | separate models (sum) | one shared model | ratio |", "|---|---|---|---|",
         f"| parameters | {sum(s.parameters for s in singles):,} | {comparison.multi.parameters:,} | "
@@ -182,3 +191,13 @@ def report(comparison: Comparison) -> str:
         f"{1000 * comparison.multi.inference_seconds:.1f} ms | {comparison.inference_time_ratio:.2f} |",
     ]
     return "\n".join(lines)
+
+
+def degenerate_note(comparison: Comparison) -> list[str]:
+    degenerate = comparison.degenerate_baselines()
+    rest = [task for task in comparison.singles if task not in degenerate]
+    if not degenerate or not rest:
+        return []
+    return ["", f"{', '.join(degenerate)}: the task alone barely learned (relative change beyond 100%), which "
+                f"dominates Delta_m; over the other tasks ({', '.join(rest)}) Delta_m = "
+                f"**{comparison.delta_m_over(rest):+.2f}%**"]
