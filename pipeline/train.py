@@ -77,6 +77,8 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
     try:
         if tracker:
             record_run_start(tracker, config, output_dir)
+            if resume:
+                send_what_the_killed_run_kept(output_dir)
         log.info("run %s: %d train / %d val images, classes %s, device %s, %d process(es)", run_id,
                  len(splits.train), len(splits.val), splits.class_names, device, dist.world_size)
         trainer = Trainer(
@@ -126,3 +128,14 @@ def record_run_end(tracker: Tracker, trainer: Trainer, result: TrainResult) -> N
     for path, figure in figures.items():
         tracker.log_figure(figure, path)
     tracker.log_model(model, val_batch.image)
+
+
+def send_what_the_killed_run_kept(output_dir: Path) -> None:
+    """A run killed before its sender flushed left values only in its metrics.jsonl: send them now."""
+    from pipeline.replay import replay
+
+    try:
+        replay(output_dir)
+    except (ConnectionError, FileNotFoundError, ValueError) as error:
+        log.warning("could not send the interrupted run's kept metrics (%s); `python -m pipeline replay %s` "
+                    "can, later", error, output_dir)
