@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import resource
 import time
 from contextlib import nullcontext
@@ -257,18 +258,17 @@ class Trainer:
     def unscale_and_clip(self) -> float:
         """The global gradient norm (after unscaling), clipped to train.grad_clip when set."""
         self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not grads:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
             return 0.0
         if self.config.train.grad_clip:
-            return float(torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
-                                                        self.config.train.grad_clip))
-        return float(torch.nn.utils.get_total_norm(grads))
+            return float(torch.nn.utils.clip_grad_norm_(params, self.config.train.grad_clip))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
     def finite(self, values: dict[str, float], grad_norm: float) -> bool:
         # fp16 overflows in the gradients are GradScaler's business: it skips the step and lowers the scale.
-        gradients_ok = self.scaler.is_enabled() or torch.isfinite(torch.tensor(grad_norm))
-        return bool(gradients_ok) and all(torch.isfinite(torch.tensor(list(values.values()))))
+        gradients_ok = self.scaler.is_enabled() or math.isfinite(grad_norm)
+        return gradients_ok and all(math.isfinite(v) for v in values.values())
 
     def skip_step(self, values: dict[str, float], grad_norm: float) -> None:
         position = dataclasses.replace(self.position, bad_steps=self.position.bad_steps + 1,
@@ -276,7 +276,7 @@ class Trainer:
         self.position = position
         self.scaler.update()        # keeps GradScaler consistent after unscale_ without a step
         self.optimizer.zero_grad(set_to_none=True)
-        bad = [k for k, v in values.items() if not torch.isfinite(torch.tensor(v))]
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
         message = (f"step {position.global_step + 1} (epoch {position.epoch + 1}, step {position.step_in_epoch + 1} "
                    f"of {self.steps_per_epoch}): non-finite {', '.join(bad) or 'gradient'}; losses "
                    + ", ".join(f"{k}={v:.4g}" for k, v in values.items()) + f"; gradient norm {grad_norm:.4g}")
