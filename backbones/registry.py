@@ -7,6 +7,7 @@ from backbones import (
     alexnet, efficientnet, googlenet, lenet, mobilenet_v2, mobilenet_v3, resnet, shufflenet_v2, timm_models, vgg,
 )
 from backbones.base import Backbone
+from backbones.input_channels import adapt_input_channels, first_conv_weight_key
 from backbones.weights import is_file_path, load_state_dict_file
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
@@ -31,17 +32,36 @@ def names() -> list[str]:
 CHECKPOINT_PREFIX = "backbone."  # how a MultiTaskModel's state dict names its backbone's tensors
 
 
-def build(name: str, pretrained: bool | str | None = False, **options: Any) -> Backbone:
+def build(name: str, pretrained: bool | str | None = False, in_channels: int = 3, **options: Any) -> Backbone:
     """`pretrained`: false | true | a weights name | a state-dict file, either the library model's or one of
-    this pipeline's training checkpoints (its backbone part is loaded: autoencoder pre-training, then transfer)."""
+    this pipeline's training checkpoints (its backbone part is loaded: autoencoder pre-training, then transfer).
+
+    `in_channels`: image channels (data.channels). The family is built for RGB and its weights loaded, then
+    its first convolution and normalisation are adapted to `in_channels` (backbones/input_channels.py). A
+    training checkpoint may hold a backbone of `in_channels` channels (a run on the same data: adapted
+    first, then loaded) or an RGB one (loaded, then adapted)."""
     if is_file_path(pretrained):
         state = load_state_dict_file(pretrained)
         if any(key.startswith(CHECKPOINT_PREFIX) for key in state):
             backbone = _build(name, pretrained=False, **options)
-            backbone.load_state_dict({k[len(CHECKPOINT_PREFIX):]: v for k, v in state.items()
-                                      if k.startswith(CHECKPOINT_PREFIX)})
-            return backbone
-    return _build(name, pretrained, **options)
+            weights = {k[len(CHECKPOINT_PREFIX):]: v for k, v in state.items() if k.startswith(CHECKPOINT_PREFIX)}
+            saved = _checkpoint_channels(backbone, weights)
+            if saved == in_channels:
+                adapt_input_channels(backbone, in_channels)
+            elif saved != 3:
+                raise ValueError(f"{pretrained}: its {name} backbone takes {saved} image channels; it can start a "
+                                 f"model of {saved} channels (data.channels: {saved}) or, were it RGB, of any "
+                                 f"count, but not one of {in_channels}")
+            backbone.load_state_dict(weights)
+            return adapt_input_channels(backbone, in_channels)
+    return adapt_input_channels(_build(name, pretrained, **options), in_channels)
+
+
+def _checkpoint_channels(backbone: Backbone, weights: dict[str, Any]) -> int:
+    """Input channels of the first convolution in a checkpoint's backbone tensors (3 when it is not there:
+    load_state_dict then names the mismatch)."""
+    tensor = weights.get(first_conv_weight_key(backbone))
+    return int(tensor.shape[1]) if tensor is not None and tensor.dim() == 4 else 3
 
 
 def _build(name: str, pretrained: bool | str | None, **options: Any) -> Backbone:

@@ -186,8 +186,8 @@ def make_setup(root: Path, sizes: Sizes, rounds: int) -> Setup:
     splits = build_splits(config.data)
     batches = list(train_loader(splits.train, config.data, config.seed))
     torch.manual_seed(0)
-    model = build_model(config.model, num_classes=len(splits.class_names))
-    return Setup(sizes, config, model, batches[:sizes.steps], DataInfo(splits.class_names, splits.category_ids),
+    model = build_model(config.model, num_classes=len(splits.class_names), in_channels=config.data.channels)
+    return Setup(sizes, config, model, batches[:sizes.steps], DataInfo(splits.class_names, splits.category_ids, splits.image_policy.to_dict()),
                  root)
 
 

@@ -1,11 +1,11 @@
 """Entry point for the pipeline: a dataset by format name, and a reproducible loader.
 
-A new format is one reader file plus one FORMATS entry. A reader is a torch
-Dataset of `Sample` built as `Reader(annotations, images_root, transform=..., skip_invalid=...)`.
+A new format is one reader file (a `datasets.reader.Reader`) plus one FORMATS entry.
 """
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,30 +13,49 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datasets.coco import CocoDataset
+from datasets.collate import collate
+from datasets.image_io import ImagePolicy
 from datasets.imagefolder import ImageFolderDataset
 from datasets.images import ImageOnlyDataset
 from datasets.masks import MaskFolderDataset
-from datasets.collate import collate
-from datasets.transforms import AugmentOptions, build_transform
+from datasets.palette_masks import PaletteMaskDataset
+from datasets.reader import Reader
+from datasets.transforms import AugmentOptions, Resize, build_transform
+from datasets.voc import VocDataset
+from datasets.yolo_txt import YoloTxtDataset
 
-FORMATS: dict[str, type[Dataset]] = {
+FORMATS: dict[str, type[Reader]] = {
     "coco": CocoDataset,
     "imagefolder": ImageFolderDataset,
     "masks": MaskFolderDataset,   # root/images, root/masks/*.png, root/classes.txt: semantic masks only
     "images": ImageOnlyDataset,   # any images under root: no targets (reconstruction, pre-training)
+    "yolo": YoloTxtDataset,       # Ultralytics data.yaml + labels/*.txt: boxes, or YOLO-seg polygons (+ masks)
+    "voc": VocDataset,            # Pascal VOC XML (ImageSets list or a folder of XMLs): boxes, difficult = ignore
+    "palette_masks": PaletteMaskDataset,  # like masks, colour PNGs + class_dict.csv / labelmap.txt
 }
 
 
-def build_dataset(
-    format: str, annotations: Path, images_root: Path | None, image_size: int, train: bool,
-    augment: AugmentOptions, skip_invalid: bool,
-) -> Dataset:
+@dataclass
+class ReadOptions:
+    """How every split of a dataset is read and shaped, whatever its format."""
+    image_size: int
+    augment: AugmentOptions
+    skip_invalid: bool = False
+    policy: ImagePolicy = ImagePolicy()
+    resize: Resize = "stretch"
+
+
+def build_dataset(format: str, annotations: Path, images_root: Path | None, train: bool, options: ReadOptions,
+                  split: str = "train", class_names: list[str] | None = None) -> Reader:
+    """The `format` reader of one split: `annotations` (file or folder, as the format expects), its images
+    under `images_root` (None: the format's default place)."""
     if format not in FORMATS:
         raise ValueError(f"data format: expected one of {sorted(FORMATS)}, got {format!r}")
-    transform = build_transform(image_size, train, augment)
+    transform = build_transform(options.image_size, train, options.augment, options.resize, options.policy.channels)
     return FORMATS[format](
         Path(annotations), Path(images_root) if images_root is not None else None,
-        transform=transform, skip_invalid=skip_invalid,
+        transform=transform, skip_invalid=options.skip_invalid, policy=options.policy, split=split,
+        class_names=class_names,
     )
 
 

@@ -2,7 +2,7 @@
 
 Class index i is the i-th category by ascending COCO id (`category_ids[i]`).
 Per image: semantic mask (0 background, index+1 per class, crowd = IGNORE_INDEX),
-boxes xyxy of the non-crowd objects, an image label (the class with the
+boxes xyxy of the non-crowd objects, crowd boxes as ignore regions, an image label (the class with the
 largest visible area) and a multi-hot of the classes with at least one
 non-crowd object (all zero for an image without objects, which is known,
 not missing). Annotations are validated eagerly; images are decoded lazily
@@ -13,42 +13,37 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
 
 from datasets.coco_checks import check_coco
-from datasets.image_io import load_rgb
+from datasets.image_io import ImagePolicy
+from datasets.reader import BOXES, IGNORE_REGIONS, AnnotationIndex, Reader, count_per_class
 from datasets.record import RawRecord
-from datasets.sample import IGNORE_INDEX, Sample
-from datasets.transforms import apply_transform, to_tensor_transform
-
-logger = logging.getLogger(__name__)
+from datasets.sample import IGNORE_INDEX
+from datasets.transforms import SampleTransform
 
 
-class CocoDataset(Dataset):
-    def __init__(
-        self, annotations: Path, images_root: Path | None = None, transform=None, skip_invalid: bool = False
-    ):
+class CocoDataset(Reader):
+    def __init__(self, annotations: Path, images_root: Path | None = None, transform: SampleTransform | None = None,
+                 skip_invalid: bool = False, policy: ImagePolicy = ImagePolicy(), split: str = "train",
+                 class_names: list[str] | None = None):
+        super().__init__(transform, skip_invalid, policy)
         self.annotations = Path(annotations)
         self.images_root = Path(images_root) if images_root is not None else self.annotations.parent
-        self.transform = transform if transform is not None else to_tensor_transform()
-        self.skip_invalid = skip_invalid
         checked = check_coco(_read_json(self.annotations), self.annotations, self.images_root, skip_invalid)
-        self.skipped: dict[str, int] = checked.skipped
-        if checked.reasons:
-            logger.warning(
-                "%s: skipped %s invalid entries; first reasons:\n  %s",
-                self.annotations, self.skipped, "\n  ".join(checked.reasons),
-            )
+        self.skipped, self.problems = checked.skipped, checked.reasons
+        self.log_skipped()
         self.coco = _index(checked.dataset)
         self._image_index = checked.image_index
         self.image_ids: list[int] = [image["id"] for image in checked.dataset["images"]]
         self.category_ids: list[int] = sorted(self.coco.cats)
         self.class_names: list[str] = [self.coco.cats[cid]["name"] for cid in self.category_ids]
+        if class_names is not None and list(class_names) != self.class_names:
+            raise ValueError(f"{self.annotations}: categories: expected the classes {list(class_names)} (the "
+                             f"training split's), got {self.class_names}")
         self._class_of = {cid: i for i, cid in enumerate(self.category_ids)}
         # A dataset without any segmentation is detection-only: its masks are missing, not empty.
         self.has_masks = any(ann.get("segmentation") for ann in checked.dataset["annotations"])
@@ -56,48 +51,54 @@ class CocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_path(self, position: int) -> Path:
+        return self.images_root / self.coco.imgs[self.image_ids[position]]["file_name"]
+
     def box_sizes(self) -> np.ndarray:
-        """[N, 4] (w, h, image width, image height) of every non-crowd box, for `datasets.summary`."""
+        """[N, 4] (w, h, image width, image height) of every non-crowd box."""
         rows = [(*ann["bbox"][2:], self.coco.imgs[ann["image_id"]]["width"], self.coco.imgs[ann["image_id"]]["height"])
                 for ann in self.coco.dataset["annotations"] if not ann["iscrowd"]]
         return np.array(rows, np.float32).reshape(-1, 4)
 
-    def __getitem__(self, index: int) -> Sample:
-        return apply_transform(self.transform, self.read_record(index))
+    def annotation_index(self) -> AnnotationIndex:
+        """Boxes and crowd regions per class. Every object is an annotation with a box, so a class without a box
+        has no mask pixel or image label either; those (largest visible area) need the masks rasterised."""
+        anns = self.coco.dataset["annotations"]
+        count = len(self.class_names)
+        boxes = count_per_class([self._class_of[a["category_id"]] for a in anns if not a["iscrowd"]], count)
+        crowds = count_per_class([self._class_of[a["category_id"]] for a in anns if a["iscrowd"]], count)
+        unlabelled = [i for i, image_id in enumerate(self.image_ids) if not self.coco.imgToAnns.get(image_id)]
+        targets = ["boxes", "labels"] + (["masks"] if self.has_masks else [])
+        return AnnotationIndex({BOXES: boxes, IGNORE_REGIONS: crowds}, targets, unlabelled)
 
-    def read_record(self, index: int) -> RawRecord:
-        """The untransformed image and targets. A bad image raises, or with skip_invalid is
-        replaced by the next readable one (counted in `skipped`, per worker process)."""
-        for attempt in range(len(self)):
-            try:
-                return self._record(self.image_ids[(index + attempt) % len(self)])
-            except (OSError, ValueError) as error:
-                if not self.skip_invalid:
-                    raise
-                self.skipped["images"] += 1
-                logger.warning("skipping an unreadable image: %s", error)
-        raise ValueError(f"{self.annotations}: images: no entry could be read")
-
-    def _record(self, image_id: int) -> RawRecord:
+    def load(self, position: int) -> RawRecord:
+        image_id = self.image_ids[position]
         image = self._load_image(image_id)
         anns = self.coco.imgToAnns.get(image_id, [])
         mask = self._semantic_mask(anns, image.shape[:2]) if self.has_masks else None
         objects = [ann for ann in anns if not ann["iscrowd"]]
+        crowds = [ann for ann in anns if ann["iscrowd"]]
         return RawRecord(
             image=image,
             image_id=image_id,
             label=self._image_label(objects, mask),
             mask=mask,
             boxes=_xyxy_boxes(objects, image.shape[:2]),
-            box_labels=np.array([self._class_of[ann["category_id"]] for ann in objects], np.int64),
+            box_labels=self._labels(objects),
             multi_label=self._multi_hot(objects),
+            # Crowds are regions where detections are neither right nor wrong, as in the official evaluation.
+            ignore_boxes=_xyxy_boxes(crowds, image.shape[:2]),
+            ignore_labels=self._labels(crowds),
         )
+
+    def _labels(self, anns: list[dict]) -> np.ndarray:
+        return np.array([self._class_of[ann["category_id"]] for ann in anns], np.int64)
 
     def _load_image(self, image_id: int) -> np.ndarray:
         entry = self.coco.imgs[image_id]
         where = f"{self.annotations}: images[{self._image_index[image_id]}]"
         try:
-            image = load_rgb(self.images_root / entry["file_name"])
+            image = self.read_image(self.images_root / entry["file_name"])
         except ValueError as error:
             raise ValueError(f"{where}.file_name: expected a decodable image: {error}") from error
         declared = (entry["height"], entry["width"])

@@ -13,15 +13,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MAX_REASONS = 5  # enough to diagnose a pattern without flooding the log
-
-
 @dataclass
 class CheckedCoco:
     dataset: dict                               # only valid images and annotations; safe for pycocotools
     image_index: dict[int, int]                 # image id -> position in the file's images[] (for messages)
     skipped: dict[str, int] = field(default_factory=lambda: {"images": 0, "annotations": 0})
-    reasons: list[str] = field(default_factory=list)  # the first MAX_REASONS messages
+    reasons: list[str] = field(default_factory=list)  # every skipped entry's message
 
 
 def check_coco(raw: object, source: Path, images_root: Path, skip_invalid: bool) -> CheckedCoco:
@@ -42,8 +39,7 @@ def _record(problem: Exception, kind: str, skip_invalid: bool, checked: CheckedC
     if not skip_invalid:
         raise problem
     checked.skipped[kind] += 1
-    if len(checked.reasons) < MAX_REASONS:
-        checked.reasons.append(str(problem))
+    checked.reasons.append(str(problem))
 
 
 def _check_structure(raw: object, source: Path) -> None:

@@ -26,6 +26,10 @@ def collate(samples: list[Sample]) -> Batch:
         has_boxes=torch.tensor([s.boxes is not None for s in samples]),
         multi_label=_multi_hot_or_zeros(samples),
         has_multi_label=torch.tensor([s.multi_label is not None for s in samples]),
+        ignore_boxes=[s.ignore_boxes if s.ignore_boxes is not None else torch.zeros(0, 4) for s in samples],
+        ignore_labels=[s.ignore_labels if s.ignore_labels is not None else torch.zeros(0, dtype=torch.int64)
+                       for s in samples],
+        to_original=torch.tensor([list(s.to_original) for s in samples], dtype=torch.float32),
     )
 
 

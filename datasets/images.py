@@ -7,42 +7,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
-from datasets.image_io import first_readable, load_rgb
-from datasets.imagefolder import IMAGE_SUFFIXES
+from datasets.image_io import IMAGE_SUFFIXES, ImagePolicy
+from datasets.reader import Reader
 from datasets.record import RawRecord
-from datasets.sample import Sample
-from datasets.transforms import apply_transform, to_tensor_transform
+from datasets.transforms import SampleTransform
 
 
-
-class ImageOnlyDataset(Dataset):
-    def __init__(self, root: Path, images_root: Path | None = None, transform=None, skip_invalid: bool = False):
+class ImageOnlyDataset(Reader):
+    def __init__(self, root: Path, images_root: Path | None = None, transform: SampleTransform | None = None,
+                 skip_invalid: bool = False, policy: ImagePolicy = ImagePolicy(), split: str = "train",
+                 class_names: list[str] | None = None):
+        super().__init__(transform, skip_invalid, policy)
         self.root = Path(root)
         if images_root is not None:
             raise ValueError(f"{self.root}: images_root: an image folder holds its own images; expected none")
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: expected a folder of images")
-        self.transform = transform if transform is not None else to_tensor_transform()
-        self.skip_invalid = skip_invalid
-        self.class_names: list[str] = []
-        self.category_ids: list[int] = []
+        self.class_names: list[str] = list(class_names or [])
+        self.category_ids: list[int] = list(range(1, len(self.class_names) + 1))
         self.files = files_inside(self.root, IMAGE_SUFFIXES)
         if not self.files:
             raise ValueError(f"{self.root}: expected image files ({', '.join(sorted(IMAGE_SUFFIXES))}), found none")
-        self.skipped = {"images": 0}
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Sample:
-        return apply_transform(self.transform, self.read_record(index))
+    def image_path(self, position: int) -> Path:
+        return self.files[position]
 
-    def read_record(self, index: int) -> RawRecord:
-        """An undecodable file raises, or with skip_invalid is replaced by the next one (counted, logged)."""
-        return first_readable(index, len(self), lambda i: RawRecord(image=load_rgb(self.files[i]), image_id=i),
-                              self.skip_invalid, self.skipped, self.root)
+    def load(self, position: int) -> RawRecord:
+        return RawRecord(image=self.read_image(self.files[position]), image_id=position)
 
 
 def files_inside(folder: Path, suffixes: set[str]) -> list[Path]:

@@ -4,8 +4,12 @@ Layout (the common export of labelling tools and of Pascal VOC / Cityscapes-styl
 
     root/classes.txt            one class name per line; line i is pixel value i (1-based)
     root/images/<name>.<ext>    any image format, sub-folders allowed
-    root/masks/<name>.png       single-channel 8-bit PNG (grey or palette): 0 background,
+    root/masks/<name>.png       single-channel PNG (grey or palette indices): 0 background,
                                 1..C the classes of classes.txt, 255 ignore
+
+Binary masks, the usual medical export (0 background, 255 object): when classes.txt names one class (or
+is absent: the class is then "foreground") and the masks hold only 0 and 255, 255 means that class, not
+"ignore". This is decided once from the first non-empty masks and logged.
 
 Only the semantic mask is known, so label, boxes and multi-label are missing (None).
 The pairing, classes.txt and paths are checked eagerly; pixel values and sizes when a
@@ -17,25 +21,27 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
-from datasets.image_io import load_rgb
-from datasets.images import files_inside
-from datasets.imagefolder import IMAGE_SUFFIXES
+from datasets.image_io import ImagePolicy, read_label_image
+from datasets.images import IMAGE_SUFFIXES, files_inside
+from datasets.reader import Reader
 from datasets.record import RawRecord
-from datasets.sample import IGNORE_INDEX, Sample
-from datasets.transforms import apply_transform, to_tensor_transform
+from datasets.sample import IGNORE_INDEX
+from datasets.transforms import SampleTransform
 
 logger = logging.getLogger(__name__)
 
 MAX_CLASSES = 254          # 0 is the background and 255 the ignore value of a uint8 mask
-MASK_MODES = {"L", "P"}    # PIL modes whose pixels are the stored 8-bit values (P: palette indices)
-MAX_REASONS = 5
+MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
+BINARY_CLASS = "foreground"
+BINARY_PEEK = 20           # masks looked at to decide whether a one-class set is binary 0/255
 
 
-class MaskFolderDataset(Dataset):
-    def __init__(self, root: Path, images_root: Path | None = None, transform=None, skip_invalid: bool = False):
+class MaskFolderDataset(Reader):
+    def __init__(self, root: Path, images_root: Path | None = None, transform: SampleTransform | None = None,
+                 skip_invalid: bool = False, policy: ImagePolicy = ImagePolicy(), split: str = "train",
+                 class_names: list[str] | None = None):
+        super().__init__(transform, skip_invalid, policy)
         self.root = Path(root)
         self.images_root = Path(images_root) if images_root is not None else self.root / "images"
         self.masks_root = self.root / "masks"
@@ -43,50 +49,65 @@ class MaskFolderDataset(Dataset):
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder}: expected a folder (mask-folder layout: root/images, root/masks, "
                                         f"root/classes.txt)")
-        self.transform = transform if transform is not None else to_tensor_transform()
-        self.skip_invalid = skip_invalid
-        self.class_names = read_class_names(self.root / "classes.txt")
-        self.category_ids = list(range(1, len(self.class_names) + 1))  # COCO-style ids, for results files
         self.skipped = {"images": 0, "masks": 0}
         self.pairs = self._pairs()
         if not self.pairs:
             raise ValueError(f"{self.images_root}: expected at least one image with a mask in {self.masks_root}")
+        self.class_names, self.binary = self._classes(class_names)
+        self.category_ids = list(range(1, len(self.class_names) + 1))  # COCO-style ids, for results files
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> Sample:
-        return apply_transform(self.transform, self.read_record(index))
+    def image_path(self, position: int) -> Path:
+        return self.pairs[position][0]
 
-    def read_record(self, index: int) -> RawRecord:
-        """A bad image or mask raises, or with skip_invalid is replaced by the next readable pair
-        (counted in `skipped`, per worker process)."""
-        for attempt in range(len(self)):
-            position = (index + attempt) % len(self)
-            try:
-                image, mask = self._read_pair(position)
-                return RawRecord(image=image, image_id=position, mask=mask)
-            except (OSError, ValueError) as error:
-                if not self.skip_invalid:
-                    raise
-                self.skipped["images"] += 1
-                logger.warning("skipping an unreadable image/mask pair: %s", error)
-        raise ValueError(f"{self.root}: no image/mask pair could be read")
-
-    def _read_pair(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, position: int) -> RawRecord:
         image_path, mask_path = self.pairs[position]
-        image = load_rgb(image_path)
-        mask = read_mask(mask_path, len(self.class_names))
+        image = self.read_image(image_path)
+        mask = self.read_mask(mask_path)
         if mask.shape != image.shape[:2]:
             raise ValueError(f"{mask_path}: expected the size of its image {image_path.name}, "
                              f"{image.shape[1]}x{image.shape[0]}, got {mask.shape[1]}x{mask.shape[0]}")
-        return image, mask
+        return RawRecord(image=image, image_id=position, mask=mask)
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        mask = read_mask(path, len(self.class_names), self.policy.exif_orientation)
+        if self.binary:
+            mask = np.where(mask == IGNORE_INDEX, np.uint8(1), mask)
+        return mask
+
+    def _classes(self, given: list[str] | None) -> tuple[list[str], bool]:
+        """(class names, binary 0/255 masks?)."""
+        listed = self.root / "classes.txt"
+        names = read_class_names(listed) if listed.is_file() else None
+        if given is not None and names is not None and list(given) != names:
+            raise ValueError(f"{listed}: expected the classes {list(given)} (the training split's), got {names}")
+        names = names or (list(given) if given is not None else None)
+        if names is not None and len(names) > 1:
+            return names, False
+        binary = self._looks_binary()
+        if names is None and not binary:
+            raise FileNotFoundError(f"{listed}: expected a class list, one name per line (line i = pixel value i); "
+                                    f"only masks holding just 0 and 255 (binary) can do without one")
+        names = names or [BINARY_CLASS]
+        if binary:
+            logger.info("%s: binary masks (only 0 and 255): 255 is class %r, not 'ignore'", self.masks_root, names[0])
+        return names, binary
+
+    def _looks_binary(self) -> bool:
+        """True when the first non-empty masks hold exactly the values 0 and 255."""
+        for _, mask_path in self.pairs[:BINARY_PEEK]:
+            values = set(np.unique(read_label_image(mask_path, exif_orientation=False)).tolist())
+            if values - {0}:
+                return values == {0, 255}
+        return False
 
     def _pairs(self) -> list[tuple[Path, Path]]:
         images = files_inside(self.images_root, IMAGE_SUFFIXES)
         masks = {path.relative_to(self.masks_root).with_suffix(""): path
-                 for path in files_inside(self.masks_root, {".png"})}
-        pairs, used, problems = [], {}, []
+                 for path in files_inside(self.masks_root, MASK_SUFFIXES)}
+        pairs, used = [], {}
         for image in images:
             key = image.relative_to(self.images_root).with_suffix("")
             if key in used:
@@ -94,23 +115,14 @@ class MaskFolderDataset(Dataset):
                                  f"(both would use the mask {self.masks_root / key}.png)")
             used[key] = image
             if key not in masks:
-                problems.append(("images", FileNotFoundError(
-                    f"{image}: expected its mask {self.masks_root / key}.png, not found")))
+                self.skip("images", FileNotFoundError(f"{image}: expected its mask {self.masks_root / key}.png, not found"))
                 continue
             pairs.append((image, masks[key]))
-        problems += [("masks", ValueError(f"{path}: expected an image named {key} in {self.images_root}, found none"))
-                     for key, path in masks.items() if key not in used]
-        self._record_problems(problems)
+        for key, path in masks.items():
+            if key not in used:
+                self.skip("masks", ValueError(f"{path}: expected an image named {key} in {self.images_root}, found none"))
+        self.log_skipped()
         return pairs
-
-    def _record_problems(self, problems: list[tuple[str, Exception]]) -> None:
-        if problems and not self.skip_invalid:
-            raise problems[0][1]
-        for kind, _ in problems:
-            self.skipped[kind] += 1
-        if problems:
-            logger.warning("%s: skipped %s; first reasons:\n  %s", self.root, self.skipped,
-                           "\n  ".join(str(error) for _, error in problems[:MAX_REASONS]))
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -137,22 +149,21 @@ def read_class_names(path: Path) -> list[str]:
     return names
 
 
-def read_mask(path: Path, num_classes: int) -> np.ndarray:
-    """HxW uint8 with values in 0..num_classes or IGNORE_INDEX; anything else raises, naming the file."""
+def read_mask(path: Path, num_classes: int, exif_orientation: bool = True) -> np.ndarray:
+    """HxW uint8 with values in 0..num_classes or IGNORE_INDEX; anything else raises, naming the file.
+    Grey masks saved with three equal channels are accepted as grey."""
     try:
-        with Image.open(path) as opened:
-            mode = opened.mode
-            mask = np.array(opened) if mode in MASK_MODES else None
-    except OSError as error:
-        raise ValueError(f"{path}: expected a single-channel 8-bit PNG mask: {error}") from error
-    if mask is None:
-        raise ValueError(f"{path}: expected a single-channel 8-bit PNG mask (grey or palette), got PIL mode {mode}")
-    counts = np.bincount(mask.ravel(), minlength=256)
-    counts[: num_classes + 1] = 0
-    counts[IGNORE_INDEX] = 0
-    bad = np.flatnonzero(counts)
+        mask = read_label_image(path, exif_orientation)
+    except ValueError as error:
+        raise ValueError(f"{path}: expected a single-channel PNG mask: {error}") from error
+    if mask.ndim == 3 and mask.shape[2] in (3, 4) and (mask[..., :3] == mask[..., :1]).all():
+        mask = mask[..., 0]
+    if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"{path}: expected a single-channel integer mask (grey or palette), got shape "
+                         f"{mask.shape} of {mask.dtype}; colour masks need the palette_masks format")
+    values = np.unique(mask)
+    bad = values[((values < 0) | (values > num_classes)) & (values != IGNORE_INDEX)]
     if bad.size:
         raise ValueError(f"{path}: expected pixel values 0 (background), 1..{num_classes} (classes.txt) or "
                          f"{IGNORE_INDEX} (ignore), found {bad[:5].tolist()}")
-    return mask
-
+    return mask.astype(np.uint8)

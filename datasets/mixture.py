@@ -24,10 +24,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
-from datasets.build import build_dataset
+from datasets.build import ReadOptions, build_dataset
 from datasets.sample import IGNORE_INDEX, Sample
 from datasets.sampling import ResumableDistributedSampler
-from datasets.transforms import AugmentOptions
 
 
 @dataclass
@@ -236,19 +235,18 @@ class MixtureSampler(ResumableDistributedSampler):
 # ---- from a config -----------------------------------------------------------
 
 
-def build_mixture(sources: list[MixtureSource], image_size: int, augment: AugmentOptions,
-                  skip_invalid: bool) -> MixtureSplits:
+def build_mixture(sources: list[MixtureSource], options: ReadOptions) -> MixtureSplits:
     """The training mixture of every source's train split and the validation mixture of those with a val
     split (in the training class list, so predictions and labels share indices)."""
     if not sources:
         raise ValueError("mixture: sources: expected at least one source")
     ratios = source_ratios(sources)
     names = [source.name for source in sources]
-    train = MixtureDataset([_split(source, "train", image_size, augment, skip_invalid) for source in sources], names)
+    train = MixtureDataset([_split(source, "train", options) for source in sources], names)
     with_val = [source for source in sources if source.val is not None]
     if not with_val:
         raise ValueError(f"mixture: sources: expected at least one source with a val split, got none in {names}")
-    val = MixtureDataset([_split(source, "val", image_size, augment, skip_invalid) for source in with_val],
+    val = MixtureDataset([_split(source, "val", options) for source in with_val],
                          [source.name for source in with_val], class_names=train.class_names)
     return MixtureSplits(train=train, val=val, ratios=ratios)
 
@@ -264,7 +262,7 @@ def source_ratios(sources: list[MixtureSource]) -> list[float] | None:
     return [float(source.ratio) for source in sources]
 
 
-def _split(source: MixtureSource, split: str, image_size: int, augment: AugmentOptions, skip_invalid: bool) -> Dataset:
+def _split(source: MixtureSource, split: str, options: ReadOptions) -> Dataset:
     images_root = source.images_root if split == "train" else source.val_images_root
     return build_dataset(source.format, Path(getattr(source, split)), Path(images_root) if images_root else None,
-                         image_size=image_size, train=split == "train", augment=augment, skip_invalid=skip_invalid)
+                         train=split == "train", options=options, split=split)

@@ -31,11 +31,12 @@ class AutoencoderHead(Head):
     Options = AutoencoderOptions
     option_prefix = "ae"  # how error messages name this head's options
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: AutoencoderOptions) -> None:
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: AutoencoderOptions,
+                 image_channels: int = 3) -> None:
         super().__init__()
         self.options = options
         self.level = bottleneck_level(options.bottleneck_stride, strides, options.decoder_channels, self.option_prefix)
-        self.decoder = build_decoder(channels[self.level], options.decoder_channels)
+        self.decoder = build_decoder(channels[self.level], options.decoder_channels, image_channels)
 
     def forward(self, features: list[Tensor], image: Tensor) -> Tensor:
         return match_size(self.decoder(features[self.level]), image)
@@ -45,7 +46,7 @@ class AutoencoderHead(Head):
         return {"mse": F.mse_loss(outputs, batch.image)}
 
     def decode(self, outputs: Tensor) -> Tensor:
-        """Reconstructed images [B, 3, H, W] in [0, 1]."""
+        """Reconstructed images [B, C, H, W] in [0, 1], C the input images' channels."""
         return outputs
 
     def metric(self) -> ReconstructionMetric:

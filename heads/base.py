@@ -26,7 +26,7 @@ class Head(nn.Module):
     """Base class: subclasses set `Options` and `kind` and implement the four methods."""
 
     # What decode() returns: "classification" (probabilities [B,C]), "segmentation" (labels [B,H,W]),
-    # "detection" (per image {boxes xyxy, scores, labels}), "reconstruction" (images [B,3,H,W]).
+    # "detection" (per image {boxes xyxy, scores, labels}), "reconstruction" (images [B,C,H,W], C the input's channels).
     kind: str = ""
     # True: forward needs `features.pool_indices` (the backbone's max-pool indices, see backbones/pool_indices.py);
     # MultiTaskModel then switches the backbone's recording on.

@@ -41,3 +41,18 @@ def paired_iou(a: Tensor, b: Tensor) -> Tensor:
     area_a = (a[..., 2:] - a[..., :2]).prod(dim=-1)
     area_b = (b[..., 2:] - b[..., :2]).prod(dim=-1)
     return inter / (area_a + area_b - inter).clamp(min=1e-9)
+
+
+def cells_in_ignore_regions(batch: Batch, grid: tuple[int, int], stride_yx: tuple[float, float],
+                            device: torch.device) -> Tensor:
+    """[B, H, W] bool: grid cells whose centre lies inside one of their image's ignore regions (crowds,
+    "difficult" objects, objects mostly cut off by augmentation). A detector neither learns "object" nor
+    "background" there, as the official COCO evaluation neither rewards nor penalises detections there."""
+    rows, cols = grid
+    ys = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) * stride_yx[0]
+    xs = (torch.arange(cols, device=device, dtype=torch.float32) + 0.5) * stride_yx[1]
+    inside = torch.zeros(len(batch.ignore_boxes), rows, cols, dtype=torch.bool, device=device)
+    for i, regions in enumerate(batch.ignore_boxes):
+        for x1, y1, x2, y2 in regions.to(device).float().tolist():
+            inside[i] |= ((ys >= y1) & (ys <= y2)).view(rows, 1) & ((xs >= x1) & (xs <= x2)).view(1, cols)
+    return inside

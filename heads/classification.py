@@ -59,7 +59,7 @@ class ClassificationHead(Head):
     kind = "classification"
     Options = ClassificationOptions
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: ClassificationOptions) -> None:
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: ClassificationOptions, image_channels: int = 3) -> None:
         super().__init__()
         bad = [i for i in options.aux_stages if not 0 <= i < len(channels)]
         if bad:

@@ -27,8 +27,9 @@ class DenoisingAutoencoderHead(AutoencoderHead):
     Options = DenoisingOptions
     option_prefix = "dae"
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: DenoisingOptions) -> None:
-        super().__init__(channels, strides, num_classes, options)
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: DenoisingOptions,
+                 image_channels: int = 3) -> None:
+        super().__init__(channels, strides, num_classes, options, image_channels)
         if not 0.0 <= options.mask_fraction < 1.0 or options.mask_patch < 1 or options.noise_std < 0:
             raise ValueError(f"dae: expected 0 <= mask_fraction < 1, mask_patch >= 1, noise_std >= 0; got {options}")
 

@@ -22,6 +22,8 @@ from datasets.sample import Batch
 class _ImageRecord:
     gt_boxes: Tensor   # [N,4] xyxy
     gt_labels: Tensor  # [N] int64, 0..C-1
+    ignore_boxes: Tensor   # [M,4] xyxy ignore regions, scored as COCO crowds (iscrowd=1)
+    ignore_labels: Tensor  # [M]
     boxes: Tensor      # [K,4] xyxy
     scores: Tensor     # [K]
     labels: Tensor     # [K] int64, 0..C-1
@@ -32,7 +34,9 @@ class CocoDetectionMetric:
 
     Images whose source has no box annotations (has_boxes False) are
     skipped; an image with has_boxes True and no boxes still counts, so
-    detections on it are false positives.
+    detections on it are false positives. Ignore regions (crowds, "difficult"
+    objects) go to pycocotools as iscrowd=1 annotations: a detection inside one
+    is neither a hit nor a false positive, exactly as in the official evaluation.
     """
 
     def __init__(self, num_classes: int):
@@ -49,6 +53,8 @@ class CocoDetectionMetric:
             self._images.append(_ImageRecord(
                 gt_boxes=batch.boxes[i].detach().cpu().float(),
                 gt_labels=batch.box_labels[i].detach().cpu().long(),
+                ignore_boxes=batch.ignore_boxes[i].detach().cpu().float(),
+                ignore_labels=batch.ignore_labels[i].detach().cpu().long(),
                 boxes=pred["boxes"].detach().cpu().float(),
                 scores=pred["scores"].detach().cpu().float(),
                 labels=pred["labels"].detach().cpu().long(),
@@ -86,11 +92,13 @@ def _coco_ground_truth(images: list[_ImageRecord], num_classes: int) -> COCO:
     # Sequential image ids: source ids may collide across mixed datasets.
     annotations = []
     for image_id, record in enumerate(images, start=1):
-        for box, label in zip(_xywh(record.gt_boxes), record.gt_labels.tolist()):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
-            })
+        for boxes, labels, crowd in ((record.gt_boxes, record.gt_labels, 0),
+                                     (record.ignore_boxes, record.ignore_labels, 1)):
+            for box, label in zip(_xywh(boxes), labels.tolist()):
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
+                    "bbox": box, "area": box[2] * box[3], "iscrowd": crowd,
+                })
     coco = COCO()
     coco.dataset = {
         "images": [{"id": i} for i in range(1, len(images) + 1)],

@@ -64,7 +64,7 @@ def crop_or_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 class FCNHead(SegmentationHead):
     Options = FCNOptions
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: FCNOptions) -> None:
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: FCNOptions, image_channels: int = 3) -> None:
         super().__init__(num_classes, options)
         self.options = options
         self.levels = self._fused_levels(strides, SKIPS[options.variant])  # deepest first

@@ -24,14 +24,15 @@ def bottleneck_level(stride: int | None, strides: list[int], decoder_channels: l
     return strides.index(stride)
 
 
-def build_decoder(in_channels: int, decoder_channels: list[int]) -> nn.Sequential:
-    """x2 upsample + conv-BN-ReLU per entry of `decoder_channels`, then RGB in [0, 1]."""
+def build_decoder(in_channels: int, decoder_channels: list[int], image_channels: int = 3) -> nn.Sequential:
+    """x2 upsample + conv-BN-ReLU per entry of `decoder_channels`, then an image of `image_channels` channels
+    in [0, 1]."""
     layers: list[nn.Module] = []
     for out_channels in decoder_channels:
         layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                    conv_bn_relu(in_channels, out_channels)]
         in_channels = out_channels
-    layers += [nn.Conv2d(in_channels, 3, 3, padding=1), nn.Sigmoid()]
+    layers += [nn.Conv2d(in_channels, image_channels, 3, padding=1), nn.Sigmoid()]
     return nn.Sequential(*layers)
 
 

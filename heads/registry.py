@@ -31,5 +31,7 @@ def head_class(type_name: str) -> type[Head]:
     return HEADS[type_name]
 
 
-def build(type_name: str, channels: list[int], strides: list[int], num_classes: int, options: object) -> Head:
-    return head_class(type_name)(channels, strides, num_classes, options)
+def build(type_name: str, channels: list[int], strides: list[int], num_classes: int, options: object,
+          image_channels: int = 3) -> Head:
+    """`image_channels`: channels of the input images (data.channels), for heads that read or output images."""
+    return head_class(type_name)(channels, strides, num_classes, options, image_channels=image_channels)

@@ -45,7 +45,7 @@ class SegNetHead(SegmentationHead):
     needs_pool_indices = True
     Options = SegNetOptions
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: SegNetOptions) -> None:
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: SegNetOptions, image_channels: int = 3) -> None:
         super().__init__(num_classes, options)
         if options.convs_per_step < 1:
             raise ValueError(f"segnet.convs_per_step: expected at least 1, got {options.convs_per_step}")

@@ -2,8 +2,9 @@
 
 From the deepest map up, each step doubles the resolution and concatenates
 the backbone map of that stride (the skip connection). The last step
-concatenates the input image itself, the full-resolution skip a backbone
-cannot provide, so edges are recovered at pixel level.
+concatenates the input image itself (all its `image_channels` channels),
+the full-resolution skip a backbone cannot provide, so edges are recovered
+at pixel level.
 
 Each step upsamples bilinearly, or with a learned 2x2 stride-2 ConvTranspose2d
 (the paper's "up-convolution"); when the skip's size is not exactly double
@@ -47,13 +48,14 @@ class DecoderBlock(nn.Module):
 class UNetHead(SegmentationHead):
     Options = UNetOptions
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: UNetOptions) -> None:
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: UNetOptions,
+                 image_channels: int = 3) -> None:
         super().__init__(num_classes, options)
         if len(options.decoder_channels) != len(channels):
             raise ValueError(f"unet.decoder_channels: expected {len(channels)} entries (one per backbone stage, "
                              f"strides {strides}), got {len(options.decoder_channels)}")
         self.options = options
-        skips = list(reversed(channels[:-1])) + [3]  # shallower backbone maps, then the image
+        skips = list(reversed(channels[:-1])) + [image_channels]  # shallower backbone maps, then the image
         ins = [channels[-1]] + options.decoder_channels[:-1]
         transposed = options.upsampling == "transposed"
         self.blocks = nn.ModuleList(DecoderBlock(i, s, o, transposed)

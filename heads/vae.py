@@ -37,7 +37,7 @@ class VAEOptions(AutoencoderOptions):
 
 @dataclass
 class VAEOutput:
-    reconstruction: Tensor        # [B, 3, H, W] in [0, 1]
+    reconstruction: Tensor        # [B, C, H, W] in [0, 1], C the image channels
     mu: Tensor                    # [B, latent_channels, h, w]
     logvar: Tensor                # [B, latent_channels, h, w]
 
@@ -51,13 +51,14 @@ class VAEHead(Head):
     kind = "reconstruction"
     Options = VAEOptions
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: VAEOptions) -> None:
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: VAEOptions,
+                 image_channels: int = 3) -> None:
         super().__init__()
         self.options = options
         self.level = bottleneck_level(options.bottleneck_stride, strides, options.decoder_channels, "vae")
         self.stride = strides[self.level]
         self.to_latent = nn.Conv2d(channels[self.level], 2 * options.latent_channels, 1)
-        self.decoder = build_decoder(options.latent_channels, options.decoder_channels)
+        self.decoder = build_decoder(options.latent_channels, options.decoder_channels, image_channels)
 
     def forward(self, features: list[Tensor], image: Tensor) -> VAEOutput:
         mu, logvar = self.to_latent(features[self.level]).chunk(2, dim=1)
@@ -77,7 +78,7 @@ class VAEHead(Head):
                 "kl": self.options.beta * gaussian_kl(outputs.mu.float(), outputs.logvar.float()).mean()}
 
     def decode(self, outputs: VAEOutput) -> Tensor:
-        """Reconstructed images [B, 3, H, W] in [0, 1]."""
+        """Reconstructed images [B, C, H, W] in [0, 1], C the image channels."""
         return outputs.reconstruction
 
     def metric(self) -> ReconstructionMetric:
@@ -85,7 +86,8 @@ class VAEHead(Head):
 
     @torch.no_grad()
     def sample(self, num: int, image_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """`num` images [num, 3, image_size, image_size] in [0, 1] decoded from z ~ N(0, I), in eval mode."""
+        """`num` images [num, C, image_size, image_size] in [0, 1] (C the image channels the head was built
+        for) decoded from z ~ N(0, I), in eval mode."""
         side = math.ceil(image_size / self.stride)  # the latent grid of a padded backbone at this size
         weight = self.to_latent.weight
         z = torch.randn((num, self.options.latent_channels, side, side), generator=generator,

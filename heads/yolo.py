@@ -1,14 +1,23 @@
 """YOLOv3-style anchor-based detection head over several backbone levels.
 
 A light top-down FPN feeds one 1x1 prediction conv per level; each cell and
-anchor predicts (tx, ty, tw, th, objectness, C class logits). Each ground
-truth box goes to the single anchor, over all levels, whose shape fits it
-best, at the cell holding its centre.
+anchor predicts (tx, ty, tw, th, objectness, C class logits).
+
+Assignment: each ground-truth box goes to the anchor, over all levels, whose shape fits it best, and
+(`anchor_threshold`, as YOLOv5) to every other anchor whose width and height are within that factor of
+the box's, at the cell holding its centre and (`neighbour_cells`) the two adjacent cells nearest to the
+centre, which the (-0.5, 1.5) centre offset can still reach. A small training set then gives several
+positives per object instead of one in thousands of cells.
+
+Objectness is a BCE over every counted cell, summed and divided by the number of positives (as
+RetinaNet normalises its classification loss; at least one per annotated image), so its weight against
+the box term does not shrink as the grid grows with the image size. Cells inside ignore regions (crowds, "difficult" objects) and
+predictions already overlapping a ground truth well (YOLOv3's ignore rule) are not counted.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import torch
@@ -21,7 +30,7 @@ from datasets.summary import DataSummary
 from heads.anchors import kmeans_anchors
 from heads.base import Head, zero_loss
 from heads.box_selection import SelectionOptions, select_detections
-from heads.box_targets import flatten_ground_truth
+from heads.box_targets import cells_in_ignore_regions, flatten_ground_truth, paired_iou
 from heads.detection_metric import CocoDetectionMetric
 
 # exp(tw) is capped so an untrained head cannot overflow: a box may grow to
@@ -45,10 +54,10 @@ class YoloOptions:
     # Per level, [w, h] px; or "auto": fit_data() fits levels x anchors_per_level anchors to the training
     # boxes (k-means, IoU distance), smallest on the finest stride. Until then "auto" holds the default
     # anchors (resampled by area when the count differs); a checkpoint restores the fitted ones.
-    anchors: list[list[list[float]]] | Literal["auto"] = field(default_factory=_default_anchors)
+    anchors: list[list[list[float]]] | Literal["auto"] = "auto"
     anchors_per_level: int = 3  # only with anchors "auto"
     neck_channels: int = 64
-    conf_threshold: float = 0.05
+    conf_threshold: float = 0.001  # low, as mAP evaluation wants every ranked detection (COCO, Ultralytics val)
     nms_iou: float = 0.5
     max_detections: int = 100
     pre_nms_top_k: int = 1000  # bounds NMS cost when an untrained head scores everything highly
@@ -57,6 +66,13 @@ class YoloOptions:
     obj_weight: float = 1.0
     noobj_weight: float = 1.0
     ignore_iou: float = 0.5  # unassigned predictions overlapping a GT above this get no obj loss (> 1 disables)
+    # A box also goes to every anchor whose w and h are within this factor of its own (YOLOv5's anchor_t);
+    # 0 keeps only the best-fitting anchor (YOLOv3).
+    anchor_threshold: float = 4.0
+    neighbour_cells: bool = True  # also the two adjacent cells nearest to the box centre (YOLOv5)
+    # Objectness target of a positive: "iou" of its (detached) decoded box with the ground truth, so scores
+    # rank detections by how well they fit (YOLOv5); "one" as in YOLOv3.
+    obj_target: Literal["iou", "one"] = "iou"
     box_weight: float = 5.0
     cls_weight: float = 1.0
     # "giou" / "ciou" (GIoU + centre distance + aspect ratio) on decoded boxes | "mse" on (offset x, offset y, tw, th)
@@ -158,10 +174,12 @@ class YoloHead(Head):
     kind = "detection"
     Options = YoloOptions
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: YoloOptions):
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: YoloOptions,
+                 image_channels: int = 3):
         super().__init__()
         if options.box_loss not in ("giou", "ciou", "mse"):
             raise ValueError(f"YOLO box_loss must be 'giou', 'ciou' or 'mse', got {options.box_loss!r}")
+        options = _finest_first(options)  # the neck merges coarse into fine: levels must run fine to coarse
         self.options = options
         self.num_classes = num_classes
         self.feature_indices = [_index_of_stride(s, strides) for s in options.strides]
@@ -227,22 +245,28 @@ class YoloHead(Head):
     # ---- targets -----------------------------------------------------------
 
     def assign_targets(self, outputs: YoloOutputs, batch: Batch) -> list[LevelTargets]:
-        """Match each GT box of images with has_boxes to its best-shaped anchor.
+        """Rows of (image, anchor, cell, box) pairs per level; see the module docstring for the rule.
 
         Two boxes landing on one (cell, anchor) both keep their rows: the
         prediction is pulled towards both, as in the original YOLOv3.
         """
         device = outputs.levels[0].device
         truth = flatten_ground_truth(batch, device)
-        image, boxes, labels = truth.image, truth.boxes, truth.labels
         level_of, anchor_of, shapes = self._anchor_table(device)
-        best = box_iou(_centred(boxes[:, 2:] - boxes[:, :2]), _centred(shapes)).argmax(dim=1)
+        sizes = truth.boxes[:, 2:] - truth.boxes[:, :2]
+        best = box_iou(_centred(sizes), _centred(shapes)).argmax(dim=1)
+        matched = F.one_hot(best, len(shapes)).bool() if len(best) else torch.zeros(0, len(shapes), dtype=torch.bool,
+                                                                                     device=device)
+        if self.options.anchor_threshold > 0:
+            ratio = sizes[:, None, :] / shapes[None]
+            matched |= torch.maximum(ratio, 1 / ratio).amax(dim=2) < self.options.anchor_threshold
+        box_index, anchor_index = matched.nonzero(as_tuple=True)
         targets = []
         for level, raw in enumerate(outputs.levels):
-            chosen = level_of[best] == level
-            targets.append(self._level_targets(
-                level, raw.shape[2:4], image[chosen], anchor_of[best[chosen]], boxes[chosen], labels[chosen]
-            ))
+            chosen = level_of[anchor_index] == level
+            rows = box_index[chosen]
+            targets.append(self._level_targets(level, raw.shape[2:4], truth.image[rows],
+                                               anchor_of[anchor_index[chosen]], truth.boxes[rows], truth.labels[rows]))
         return targets
 
     def _anchor_table(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -254,15 +278,23 @@ class YoloHead(Head):
     def _level_targets(self, level: int, grid: tuple[int, int], image: Tensor, anchor: Tensor,
                        boxes: Tensor, labels: Tensor) -> LevelTargets:
         stride = self.strides[level]
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2 / stride  # (x, y) in cells
         # Centres on or past the border belong to the edge cell.
-        cell_x = (centre[:, 0] / stride).floor().long().clamp(0, grid[1] - 1)
-        cell_y = (centre[:, 1] / stride).floor().long().clamp(0, grid[0] - 1)
-        cells = torch.stack([cell_x, cell_y], dim=1).float()
-        priors = self._anchor_tensor(level, boxes.device)[anchor]
-        raw = encode_boxes(boxes, cells, priors, stride)
-        return LevelTargets(image=image, anchor=anchor, cell_y=cell_y, cell_x=cell_x,
-                            boxes=boxes, labels=labels, raw=raw)
+        home = torch.stack([centre[:, 0].floor().clamp(0, grid[1] - 1), centre[:, 1].floor().clamp(0, grid[0] - 1)], 1)
+        cells, rows = [home], [torch.arange(len(boxes), device=boxes.device)]
+        if self.options.neighbour_cells:
+            for axis, size in ((0, grid[1]), (1, grid[0])):
+                offset = torch.where(centre[:, axis] - home[:, axis] < 0.5, -1.0, 1.0)
+                neighbour = home.clone()
+                neighbour[:, axis] += offset
+                inside = (neighbour[:, axis] >= 0) & (neighbour[:, axis] <= size - 1)
+                cells.append(neighbour[inside])
+                rows.append(rows[0][inside])
+        cells, rows = torch.cat(cells), torch.cat(rows)
+        priors = self._anchor_tensor(level, boxes.device)[anchor[rows]]
+        raw = encode_boxes(boxes[rows], cells, priors, stride)
+        return LevelTargets(image=image[rows], anchor=anchor[rows], cell_y=cells[:, 1].long(),
+                            cell_x=cells[:, 0].long(), boxes=boxes[rows], labels=labels[rows], raw=raw)
 
     # ---- loss --------------------------------------------------------------
 
@@ -272,8 +304,8 @@ class YoloHead(Head):
         if not bool(has_boxes.any()):
             return {"obj": zero, "box": zero, "cls": zero}
         targets = self.assign_targets(outputs, batch)
-        obj = self._objectness_loss(outputs, targets, batch, has_boxes)
         positives = self._gather_positives(outputs, targets)
+        obj = self._objectness_loss(outputs, targets, positives, batch, has_boxes)
         if positives.raw.shape[0] == 0:
             return {"obj": obj, "box": zero, "cls": zero}
         box = self._box_loss(positives)
@@ -282,22 +314,36 @@ class YoloHead(Head):
         cls = F.binary_cross_entropy_with_logits(positives.raw[:, 5:], one_hot)
         return {"obj": obj, "box": self.options.box_weight * box, "cls": self.options.cls_weight * cls}
 
-    def _objectness_loss(self, outputs: YoloOutputs, targets: list[LevelTargets], batch: Batch,
-                         has_boxes: Tensor) -> Tensor:
-        """Weighted BCE, averaged over the counted cells of images with box annotations."""
-        total, count = outputs.levels[0].new_zeros(()), 0
+    def _objectness_loss(self, outputs: YoloOutputs, targets: list[LevelTargets], positives: _Positives,
+                         batch: Batch, has_boxes: Tensor) -> Tensor:
+        """Weighted BCE summed over the counted cells of images with box annotations, per positive."""
+        total = outputs.levels[0].new_zeros((), dtype=torch.float32)
         gt_boxes = [b.to(has_boxes.device).float() for b in batch.boxes]
-        for level, (raw, target) in enumerate(zip(outputs.levels, targets)):
-            logits = raw[..., 4]
+        quality = self._objectness_targets(positives).split([len(t.image) for t in targets])
+        for level, (raw, target, target_quality) in enumerate(zip(outputs.levels, targets, quality)):
+            logits = raw[..., 4].float()
+            at = (target.image, target.anchor, target.cell_y, target.cell_x)
             positive = torch.zeros_like(logits, dtype=torch.bool)
-            positive[target.image, target.anchor, target.cell_y, target.cell_x] = True
-            ignored = self._ignored(outputs, level, gt_boxes, has_boxes) & ~positive
+            positive[at] = True
+            wanted = torch.zeros_like(logits)
+            wanted[at] = target_quality
+            stride = float(self.strides[level])
+            in_regions = cells_in_ignore_regions(batch, tuple(raw.shape[2:4]), (stride, stride), raw.device)
+            ignored = (self._ignored(outputs, level, gt_boxes, has_boxes) | in_regions.unsqueeze(1)) & ~positive
             counted = has_boxes.view(-1, 1, 1, 1) & ~ignored
-            bce = F.binary_cross_entropy_with_logits(logits, positive.to(logits.dtype), reduction="none")
+            bce = F.binary_cross_entropy_with_logits(logits, wanted, reduction="none")
             weight = torch.where(positive, self.options.obj_weight, self.options.noobj_weight)
             total = total + (bce * weight)[counted].sum()
-            count += int(counted.sum())
-        return total / max(count, 1)
+        # At least one per annotated image, so a batch of empty images weighs like a sparse one, not 1000x more.
+        return total / max(int(positives.raw.shape[0]), int(has_boxes.sum()))
+
+    @torch.no_grad()
+    def _objectness_targets(self, positives: _Positives) -> Tensor:
+        """[P] what each positive's objectness should be: 1, or the IoU of its decoded box with its ground truth."""
+        if self.options.obj_target == "one" or positives.raw.shape[0] == 0:
+            return torch.ones(positives.raw.shape[0], device=positives.raw.device)
+        predicted = decode_boxes(positives.raw.float(), positives.cells, positives.anchors, positives.strides)
+        return paired_iou(predicted, positives.boxes).clamp(min=0)
 
     @torch.no_grad()
     def _ignored(self, outputs: YoloOutputs, level: int, gt_boxes: list[Tensor], has_boxes: Tensor) -> Tensor:
@@ -338,6 +384,8 @@ class YoloHead(Head):
     @torch.no_grad()
     def decode(self, outputs: YoloOutputs) -> list[dict[str, Tensor]]:
         """Per image: {"boxes" [K,4] xyxy input px (clipped), "scores" [K], "labels" [K] int64}."""
+        # float32: bf16/fp16 under autocast cannot place a box to the pixel at common image sizes.
+        outputs = YoloOutputs(levels=[level.float() for level in outputs.levels], image_size=outputs.image_size)
         boxes = torch.cat([self.decode_level_boxes(outputs, level).flatten(1, 3)
                            for level in range(len(outputs.levels))], dim=1)
         raw = torch.cat([level.flatten(1, 3) for level in outputs.levels], dim=1)
@@ -371,6 +419,15 @@ def _initial_anchors(options: YoloOptions) -> list[list[list[float]]]:
     per_level = options.anchors_per_level
     return [[list(map(float, wh)) for wh in picks[rank[level] * per_level:(rank[level] + 1) * per_level]]
             for level in range(levels)]
+
+
+def _finest_first(options: YoloOptions) -> YoloOptions:
+    """The options with strides ascending (explicit anchors reordered with them)."""
+    order = sorted(range(len(options.strides)), key=lambda level: options.strides[level])
+    anchors = options.anchors
+    if anchors != "auto" and len(anchors) == len(order):
+        anchors = [anchors[level] for level in order]
+    return replace(options, strides=[options.strides[level] for level in order], anchors=anchors)
 
 
 def _index_of_stride(stride: int, available: list[int]) -> int:

@@ -21,7 +21,7 @@ from datasets.sample import Batch
 from heads.base import Head, zero_loss
 from heads.blocks import conv_bn_relu
 from heads.box_selection import SelectionOptions, select_detections
-from heads.box_targets import flatten_ground_truth, paired_iou
+from heads.box_targets import cells_in_ignore_regions, flatten_ground_truth, paired_iou
 from heads.detection_metric import CocoDetectionMetric
 
 
@@ -35,7 +35,7 @@ class YoloV1Options:
     # Confidence target of a responsible predictor: "iou" of its (detached) box with the ground truth,
     # as in the paper, or "one" (simpler, trains faster when boxes are still poor).
     confidence_target: Literal["iou", "one"] = "iou"
-    conf_threshold: float = 0.05
+    conf_threshold: float = 0.001  # low, as mAP evaluation wants every ranked detection (COCO, Ultralytics val)
     nms_iou: float = 0.5
     max_detections: int = 100
     pre_nms_top_k: int = 1000     # bounds NMS cost when an untrained head scores everything highly
@@ -98,7 +98,8 @@ class YoloV1Head(Head):
     kind = "detection"
     Options = YoloV1Options
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: YoloV1Options):
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options: YoloV1Options,
+                 image_channels: int = 3):
         super().__init__()
         if options.stride not in strides:
             raise ValueError(f"YOLOv1 head needs a feature map of stride {options.stride}; "
@@ -154,7 +155,10 @@ class YoloV1Head(Head):
         confidence = raw[..., 4].sigmoid()
         responsible = torch.zeros_like(confidence, dtype=torch.bool)
         responsible[target.image, target.cell_y, target.cell_x, target.predictor] = True
-        unmatched = ~responsible & annotated.view(-1, 1, 1, 1)
+        rows, cols = grid.shape[1:3]
+        stride = (outputs.image_size[0] / rows, outputs.image_size[1] / cols)
+        ignored = cells_in_ignore_regions(batch, (rows, cols), stride, grid.device).unsqueeze(-1)
+        unmatched = ~responsible & ~ignored & annotated.view(-1, 1, 1, 1)
         noobj = self.options.lambda_noobj * (confidence[unmatched] ** 2).sum() / images
         if len(target.image) == 0:
             return {"coord": zero, "obj": zero, "noobj": noobj, "cls": zero}
@@ -182,6 +186,8 @@ class YoloV1Head(Head):
 
         Score = confidence x class probability of the cell, thresholded, then class-aware NMS.
         """
+        # float32: bf16/fp16 under autocast cannot place a box to the pixel at common image sizes.
+        outputs = YoloV1Outputs(grid=outputs.grid.float(), image_size=outputs.image_size)
         raw, class_logits = self._split(outputs.grid)
         boxes = self.decoded_boxes(outputs).flatten(1, 3)
         scores = raw[..., 4:5].sigmoid() * class_logits.softmax(dim=-1).unsqueeze(3)  # [B, Sh, Sw, B, C]

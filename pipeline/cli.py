@@ -2,17 +2,19 @@
 `python -m pipeline compare CONFIG [key=value ...]` (multi-task gain), `python -m pipeline eval CHECKPOINT`,
 `python -m pipeline summary BACKBONE_OR_CONFIG` (complexity report) and
 `python -m pipeline sample CHECKPOINT --task NAME` (images from a VAE head) and
-`python -m pipeline replay RUN_DIR` (send a run's locally kept metrics to its MLflow store)."""
+`python -m pipeline replay RUN_DIR` (send a run's locally kept metrics to its MLflow store) and
+`python -m pipeline check-data CONFIG [key=value ...] [--out DIR] [--samples N]` (look at the data before training)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 
 from pipeline.config import load_config
 from pipeline.report import metrics_table
-from pipeline.typed_config import ConfigError
+from pipeline.typed_config import ConfigError, DataCheckError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -37,7 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     summary = commands.add_parser(
         "summary", help="complexity report: per-layer shape, params, FLOPs, activation memory, receptive field")
     summary.add_argument("target", help="backbone name, classifier name (with --classifier) or experiment YAML")
-    summary.add_argument("--input", help="input CxHxW, e.g. 3x224x224 (default: 3x224x224, or the config's image_size)")
+    summary.add_argument("--input", help="input CxHxW, e.g. 3x224x224 (default: 3x224x224, or the config's channels and image_size)")
     summary.add_argument("--classifier", action="store_true",
                          help="the whole published classifier (torchvision get_model, else timm) instead of the backbone")
     summary.add_argument("--depth", type=int, help="rows: modules N levels deep (default: conv/linear/pool/norm layers)")
@@ -54,9 +56,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                 "store lacks; safe to repeat")
     replay.add_argument("run_dir", help="the run's folder, runs/<name>/<run id>")
     replay.add_argument("--uri", help="MLflow store to send to (default: the one the run was started against)")
+    check = commands.add_parser(
+        "check-data", help="look at the data before training: sizes, value ranges, labels per class, skipped entries, "
+                           "boxes against the detection strides, a grid of augmented samples; exit 1 on what would "
+                           "make training meaningless")
+    check.add_argument("config", help="experiment YAML")
+    check.add_argument("overrides", nargs="*", help="key.path=value overrides, as for train")
+    check.add_argument("--out", help="output folder (default: runs/<name>/check-data)")
+    check.add_argument("--samples", type=int, default=16, help="augmented training samples to draw (default 16)")
+    check.add_argument("--track", action="store_true",
+                       help="also log samples.png and check_data.json to an MLflow run named check-data")
     args, rest = parser.parse_known_args(argv)
     # `train CONFIG --resume auto a=1`: argparse stops collecting overrides at the flag; take the ones after it.
-    if args.command in ("train", "compare") and all("=" in item and not item.startswith("-") for item in rest):
+    takes_overrides = args.command in ("train", "compare", "check-data")
+    if takes_overrides and all("=" in item and not item.startswith("-") for item in rest):
         args.overrides += rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -108,14 +121,40 @@ def replay(args: argparse.Namespace) -> str:
             f"{result.sent} metric values sent, {result.present} already there, {len(result.uploaded)} files uploaded")
 
 
-COMMANDS = {"train": train, "compare": compare, "eval": evaluate, "summary": summary, "sample": sample, "replay": replay}
+def check_data(args: argparse.Namespace) -> tuple[str, int]:
+    """The report, and exit status 1 when it found what would make training meaningless."""
+    from pipeline.check_data import render_text, run_check_data
+
+    config = load_config(args.config, args.overrides)
+    tracker = None
+    if args.track:
+        from pipeline.config import config_to_dict
+        from pipeline.tracking import Tracker
+
+        tracker = Tracker(dataclasses.replace(config.tracking, run_name="check-data"))
+        tracker.start(config_to_dict(config), tags={"command": "check-data"})
+    try:
+        report = run_check_data(config, args.out, args.samples, tracker, source=args.config)
+    except BaseException:
+        if tracker:
+            tracker.end("FAILED")
+        raise
+    if tracker:
+        tracker.end()
+    return render_text(report), 1 if report.errors else 0
+
+
+COMMANDS = {"train": train, "compare": compare, "eval": evaluate, "summary": summary, "sample": sample,
+            "replay": replay, "check-data": check_data}
 # Errors a user causes (bad config, missing file, unknown name or task) print one line and exit 2; the
 # commands that only read names and files treat ValueError as such too, training lets it show its traceback.
-USER_ERRORS = {"train": (ConfigError, FileNotFoundError), "compare": (ConfigError, FileNotFoundError),
+USER_ERRORS = {"train": (ConfigError, FileNotFoundError, DataCheckError),
+               "compare": (ConfigError, FileNotFoundError, DataCheckError),
                "eval": (ConfigError, FileNotFoundError),
                "summary": (ConfigError, FileNotFoundError, ValueError),
                "sample": (ConfigError, FileNotFoundError, ValueError),
-               "replay": (FileNotFoundError, ValueError, ConnectionError)}
+               "replay": (FileNotFoundError, ValueError, ConnectionError),
+               "check-data": (ConfigError, FileNotFoundError, ValueError)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,10 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s {'' if rank == '0' else f'[rank {rank}] '}%(name)s: %(message)s")
     try:
-        report = COMMANDS[args.command](args)
+        result = COMMANDS[args.command](args)
+        # A command returns its report, or (report, exit status) when what it found decides the status.
+        report, status = result if isinstance(result, tuple) else (result, 0)
         if report:
             print(report)
     except USER_ERRORS[args.command] as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from datasets.image_io import ImagePolicy
 from datasets.mixture import MixtureSource
 from datasets.transforms import AugmentOptions
 from heads.registry import HEADS, head_class
 from pipeline.typed_config import ConfigError, check_keys, convert, from_dict
+from pipeline.yaml_loader import safe_load
 from pipeline.weighting.registry import WeightingConfig, parse_weighting, weighting_to_dict
 
 
@@ -40,20 +40,49 @@ class ShapesVariantsConfig:
 
 
 @dataclass
+class SplitPaths:
+    """A split whose images are not where its format looks by default: the standard COCO layout
+    (`annotations/instances_train2017.json` + `train2017/`), or any "annotations/ + images/" export."""
+    annotations: str                    # annotation file (coco, yolo data.yaml, voc list) or dataset folder
+    images: str | None = None           # the images folder; None: the format's default
+
+
+@dataclass
 class DataConfig:
     # One dataset: train + val. A mixture of datasets that each label some tasks: sources (then no train/val).
-    train: str | None = None            # training split: a COCO annotation file, or a folder for the other formats
-    val: str | None = None              # validation split, likewise
-    format: str = "coco"                # coco | imagefolder (labels) | masks (mask folder) | images (no labels)
+    # A split is a path (COCO annotation file with images beside it, or a folder for the other formats) or
+    # {annotations: ..., images: ...}.
+    train: str | SplitPaths | None = None
+    val: str | SplitPaths | None = None
+    format: str = "coco"                # a datasets.build.FORMATS key: coco | imagefolder | masks | images | ...
     sources: list[MixtureSource] = field(default_factory=list)
     epoch_length: int | None = None     # mixture: samples per epoch (default: all sources' total)
     image_size: int = 128
+    resize: Literal["stretch", "letterbox"] = "stretch"  # letterbox: keep the aspect ratio, pad the short side
     batch_size: int = 16
     num_workers: int = 2
     skip_invalid: bool = False          # skip (count and log) bad annotations/images instead of failing
+    # How files become pixels (datasets/image_io.py). intensity: auto (8-bit / 255; other depths: per-image
+    # percentile stretch) | dataset (one range from the training split, kept in the checkpoint) | [lo, hi].
+    intensity: Literal["auto", "dataset"] | list[float] = "auto"
+    channels: int = 3                   # 3: grey replicated, alpha composited; 1 or N: the backbone is adapted
+    alpha_background: float = 0.0       # grey level in [0, 1] shown through transparent pixels
+    exif_orientation: bool = True       # apply the EXIF orientation tag, to images and masks alike
     shapes: ShapesConfig | None = None
     shapes_variants: ShapesVariantsConfig | None = None
     augment: AugmentOptions = field(default_factory=AugmentOptions)
+
+    def image_policy(self) -> ImagePolicy:
+        intensity = self.intensity if isinstance(self.intensity, str) else tuple(self.intensity)
+        return ImagePolicy(intensity=intensity, channels=self.channels, alpha_background=self.alpha_background,
+                           exif_orientation=self.exif_orientation)
+
+
+def split_paths(split: str | SplitPaths) -> tuple[Path, Path | None]:
+    """(annotations, images folder or None) of a data.train / data.val entry."""
+    if isinstance(split, SplitPaths):
+        return Path(split.annotations), Path(split.images) if split.images else None
+    return Path(split), None
 
 
 def check_data(data: DataConfig, source: str) -> None:
@@ -63,6 +92,13 @@ def check_data(data: DataConfig, source: str) -> None:
     if not data.sources and not (data.train and data.val):
         missing = "data.train" if not data.train else "data.val"
         raise ConfigError(f"{source}: {missing}: required key is missing (or list the datasets under data.sources)")
+    if isinstance(data.intensity, list) and (len(data.intensity) != 2 or not data.intensity[1] > data.intensity[0]):
+        raise ConfigError(f"{source}: data.intensity: expected auto, dataset or a range [lo, hi] with hi > lo, "
+                          f"got {data.intensity}")
+    if data.channels < 1:
+        raise ConfigError(f"{source}: data.channels: expected a positive number of channels, got {data.channels}")
+    if not 0.0 <= data.alpha_background <= 1.0:
+        raise ConfigError(f"{source}: data.alpha_background: expected a grey level in [0, 1], got {data.alpha_background}")
 
 
 @dataclass
@@ -218,14 +254,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = safe_load(value)
     return raw
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(path)
     with path.open() as f:
-        raw = yaml.safe_load(f) or {}
+        raw = safe_load(f) or {}
     return parse_config(apply_overrides(raw, list(overrides)), source=str(path))
 
 

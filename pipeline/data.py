@@ -1,18 +1,20 @@
 """Datasets and loaders for a config, generating the synthetic shapes set when asked to."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset
 
-from datasets.build import build_dataset, build_loader
+from datasets.build import ReadOptions, build_dataset, build_loader
+from datasets.image_io import ImagePolicy, dataset_range
 from datasets.mixture import MixtureDataset, MixtureSampler, build_mixture, source_ratios
 from datasets.sampling import EpochSeeded, ResumableDistributedSampler, ShardSampler
 from datasets.shapes import generate_shapes
 from datasets.shapes_variants import write_shapes_variant_splits
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, split_paths
 from pipeline.distributed import DistInfo
 from pipeline.typed_config import ConfigError
 
@@ -28,6 +30,7 @@ class DataSplits:
     val: Dataset
     class_names: list[str]
     category_ids: list[int]
+    image_policy: ImagePolicy            # resolved: a 'dataset' intensity holds its computed range
 
 
 def ensure_shapes(config: DataConfig) -> None:
@@ -49,19 +52,55 @@ def ensure_shapes(config: DataConfig) -> None:
                             seed=config.shapes.seed + SPLIT_SEED_OFFSET[split])
 
 
-def build_splits(config: DataConfig) -> DataSplits:
+def build_splits(config: DataConfig, image_policy: ImagePolicy | None = None) -> DataSplits:
+    """Both splits, the validation one in the training split's classes. `image_policy`: a checkpoint's
+    resolved policy, to read exactly as in training (default: the config's, resolved on the training split)."""
     ensure_shapes(config)
+    options = read_options(config, image_policy)
     if config.sources:
-        mixture = build_mixture(config.sources, config.image_size, config.augment, config.skip_invalid)
-        return DataSplits(mixture.train, mixture.val, list(mixture.train.class_names),
-                          list(mixture.train.category_ids))
-    common = dict(format=config.format, images_root=None, image_size=config.image_size,
-                  augment=config.augment, skip_invalid=config.skip_invalid)
-    train = build_dataset(annotations=Path(config.train), train=True, **common)
-    val = build_dataset(annotations=Path(config.val), train=False, **common)
-    if train.class_names != val.class_names:
-        raise ConfigError(f"data.val: classes {val.class_names} differ from data.train's {train.class_names}")
-    return DataSplits(train, val, list(train.class_names), list(train.category_ids))
+        mixture = build_mixture(config.sources, options)
+        train, val = mixture.train, mixture.val
+    else:
+        train = build_dataset(config.format, *split_paths(config.train), train=True, options=options, split="train")
+        val = build_dataset(config.format, *split_paths(config.val), train=False, options=options, split="val",
+                            class_names=list(train.class_names))
+    policy = resolved_policy(options.policy, train)
+    for dataset in (train, val):
+        set_policy(dataset, policy)
+    return DataSplits(train, val, list(train.class_names), list(train.category_ids), policy)
+
+
+def stored_image_policy(state: dict) -> ImagePolicy | None:
+    """The resolved image policy a checkpoint was trained with (None for checkpoints from before it was kept)."""
+    stored = state.get("image_policy")
+    return ImagePolicy.from_dict(stored) if stored is not None else None
+
+
+def read_options(config: DataConfig, image_policy: ImagePolicy | None = None) -> ReadOptions:
+    return ReadOptions(image_size=config.image_size, augment=config.augment, skip_invalid=config.skip_invalid,
+                       policy=image_policy or config.image_policy(), resize=config.resize)
+
+
+def resolved_policy(policy: ImagePolicy, train: Dataset) -> ImagePolicy:
+    """'dataset' intensity: the fixed range measured on the training images; any other policy as it is."""
+    if policy.intensity != "dataset":
+        return policy
+    lo, hi = dataset_range(image_paths(train), policy)
+    log.info("intensity 'dataset': the training images map [%g, %g] to [0, 1]", lo, hi)
+    return dataclasses.replace(policy, intensity=(lo, hi))
+
+
+def image_paths(dataset: Dataset) -> list[Path]:
+    """Every image file of a reader or of a mixture's readers."""
+    parts = getattr(dataset, "datasets", None)
+    if parts is not None:
+        return [path for part in parts for path in image_paths(part)]
+    return dataset.image_paths()
+
+
+def set_policy(dataset: Dataset, policy: ImagePolicy) -> None:
+    for part in getattr(dataset, "datasets", [dataset]):
+        part.set_policy(policy)
 
 
 def train_loader(dataset: Dataset, config: DataConfig, seed: int, dist: DistInfo = DistInfo()) -> DataLoader:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from datasets.build import build_dataset
 from pipeline.checkpoint import load_checkpoint
-from pipeline.config import parse_config
-from pipeline.data import build_splits, eval_loader
+from pipeline.config import parse_config, split_paths
+from pipeline.data import build_splits, eval_loader, read_options, stored_image_policy
 from pipeline.device import select_device, select_precision
 from pipeline.evaluate import Evaluation, evaluate
 from pipeline.model import MultiTaskModel, build_model
@@ -20,13 +20,15 @@ def run_eval(checkpoint: str | Path, data: str | None = None, images: str | None
     checkpoint = Path(checkpoint)
     model, state = model_from_checkpoint(checkpoint)
     config = parse_config(state["config"], source=f"{checkpoint} (embedded config)")
+    policy = stored_image_policy(state)
     if data is None and config.data.sources:  # a mixture: the validation splits of its sources
-        annotations, dataset = "the mixture's val splits", build_splits(config.data).val
+        annotations, dataset = "the mixture's val splits", build_splits(config.data, policy).val
     else:
-        annotations = Path(data or config.data.val)
-        dataset = build_dataset(config.data.format, annotations=annotations,
-                                images_root=Path(images) if images else None, image_size=config.data.image_size,
-                                train=False, augment=config.data.augment, skip_invalid=config.data.skip_invalid)
+        annotations, images_root = (Path(data), Path(images) if images else None) if data else \
+            split_paths(config.data.val)
+        dataset = build_dataset(config.data.format, annotations, images_root, train=False,
+                                options=read_options(config.data, policy), split="val",
+                                class_names=list(state["class_names"]))
     if list(dataset.class_names) != list(state["class_names"]):
         raise ValueError(f"{annotations}: categories {dataset.class_names} do not match the classes the checkpoint "
                          f"was trained on {state['class_names']}")
@@ -54,6 +56,6 @@ def model_from_checkpoint(checkpoint: Path) -> tuple[MultiTaskModel, dict]:
     config = parse_config(state["config"], source=f"{checkpoint} (embedded config)")
     # The checkpoint holds every weight; do not ask for pretrained files.
     model_config = dataclasses.replace(config.model, backbone=dataclasses.replace(config.model.backbone, pretrained=False))
-    model = build_model(model_config, num_classes=len(state["class_names"]))
+    model = build_model(model_config, num_classes=len(state["class_names"]), in_channels=config.data.channels)
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     return model, state

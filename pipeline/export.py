@@ -1,6 +1,6 @@
 """The model as MLflow logs it: `mlflow.pytorch.load_model("runs:/<run id>/model")` gives it back.
 
-`ExportedModel` wraps a MultiTaskModel (a CPU copy in eval mode): forward(image float32 [B,3,H,W] in [0,1])
+`ExportedModel` wraps a MultiTaskModel (a CPU copy in eval mode): forward(image float32 [B,C,H,W] in [0,1])
 returns a flat dict of tensors, each head's raw eval output under its task name ("cls"; a list or tuple
 as "det/levels/0", ...; a dict or dataclass by key or field, "recon/mu"), so MLflow can describe it in a
 signature. Decoding (NMS, argmax) stays with the heads: `heads[task].decode` on the model's own outputs.
@@ -71,8 +71,9 @@ def _flatten(name: str, value: Any, flat: dict[str, Tensor]) -> None:
 
 
 def input_example(images: Tensor, count: int = EXAMPLE_IMAGES) -> np.ndarray:
-    """`count` images [N,3,H,W] float32 in [0,1], as MLflow stores an input example. At least two, repeating
-    a lone image: torch.export fixes a batch dimension of size 1, and the logged model would take no other."""
+    """`count` images [N,C,H,W] float32 in [0,1] (C = data.channels, as the batches come), as MLflow stores an
+    input example. At least two, repeating a lone image: torch.export fixes a batch dimension of size 1, and
+    the logged model would take no other."""
     picks = torch.arange(max(count, 2)) % len(images)
     return images[picks].detach().float().cpu().numpy()
 

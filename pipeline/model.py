@@ -22,7 +22,7 @@ class MultiTaskModel(nn.Module):
                 enable_pool_indices(backbone, task)
 
     def forward(self, image: Tensor) -> dict[str, Any]:
-        """`image`: [B,3,H,W] in [0,1]. Returns each head's raw outputs by task name."""
+        """`image`: [B,C,H,W] in [0,1], C the backbone's in_channels. Returns each head's raw outputs by task name."""
         features = self.backbone(image)
         outputs = {}
         for task, head in self.heads.items():
@@ -42,10 +42,13 @@ def enable_pool_indices(backbone: backbones.Backbone, task: str) -> None:
         raise ValueError(f"head {task!r} unpools with max-pool indices, but: {error}") from None
 
 
-def build_model(config: ModelConfig, num_classes: int) -> MultiTaskModel:
-    backbone = backbones.build(config.backbone.name, pretrained=config.backbone.pretrained)
+def build_model(config: ModelConfig, num_classes: int, in_channels: int = 3) -> MultiTaskModel:
+    """`in_channels`: channels of the input images (config.data.channels); the backbone is adapted to them and
+    the heads that read or output images (unet, ae, dae, vae) use them."""
+    backbone = backbones.build(config.backbone.name, pretrained=config.backbone.pretrained, in_channels=in_channels)
     heads = {
-        task: head_registry.build(head.type, backbone.channels, backbone.strides, num_classes, head.options)
+        task: head_registry.build(head.type, backbone.channels, backbone.strides, num_classes, head.options,
+                                  image_channels=in_channels)
         for task, head in config.heads.items()
     }
     return MultiTaskModel(backbone, heads)

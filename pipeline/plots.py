@@ -79,7 +79,8 @@ def prediction_figure(images: Tensor, predictions: dict[str, Any], kinds: dict[s
     with each detection task's boxes and labels; then one panel per segmentation task (its mask over the
     image) and one per reconstruction task (the reconstruction beside the input).
 
-    `predictions`: task -> that head's decode() output; `kinds`: task -> head.kind."""
+    `predictions`: task -> that head's decode() output; `kinds`: task -> head.kind. Images (and
+    reconstructions) of other than 3 channels are drawn as display_channels() picks them."""
     images = images[:max_images].detach().float().cpu().clamp(0, 1)
     masks = [t for t in predictions if kinds[t] == "segmentation"]
     recons = [t for t in predictions if kinds[t] == "reconstruction"]
@@ -87,7 +88,7 @@ def prediction_figure(images: Tensor, predictions: dict[str, Any], kinds: dict[s
     figure = Figure(figsize=(CELL_INCHES * columns, CELL_INCHES * len(images)), layout="constrained")
     grid = figure.subplots(len(images), columns, squeeze=False)
     for i, row in enumerate(grid):
-        picture = images[i].permute(1, 2, 0).numpy()
+        picture = _picture(images[i])
         _draw_image(row[0], picture, _class_title(i, predictions, kinds, class_names))
         for task in predictions:
             if kinds[task] == "detection":
@@ -100,7 +101,7 @@ def prediction_figure(images: Tensor, predictions: dict[str, Any], kinds: dict[s
             axes.imshow(mask.numpy(), cmap="tab10", vmin=0, vmax=9, alpha=(mask > 0).float().numpy() * MASK_ALPHA,
                         interpolation="nearest", extent=(-0.5, width - 0.5, height - 0.5, -0.5))
         for axes, task in zip(row[1 + len(masks):], recons):
-            _draw_image(axes, predictions[task][i].detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy(), task)
+            _draw_image(axes, _picture(predictions[task][i].detach().float().cpu().clamp(0, 1)), task)
     return figure
 
 
@@ -122,8 +123,23 @@ def model_prediction_figure(model: MultiTaskModel, batch: Batch, class_names: li
     return prediction_figure(images, predictions, kinds, class_names, max_images)
 
 
+def display_channels(images: Tensor) -> Tensor:
+    """[..., C, H, W] -> what can be shown of it: the first three channels as RGB for C >= 3 (the extra bands of
+    a multispectral image have no colour), channel 0 alone for C < 3 (shown grey)."""
+    return images[..., :3, :, :] if images.shape[-3] >= 3 else images[..., :1, :, :]
+
+
+def _picture(image: Tensor):
+    """[C, H, W] in [0, 1] -> an array for imshow: HxWx3 RGB, or HxW grey (see display_channels)."""
+    shown = display_channels(image)
+    return shown[0].numpy() if shown.shape[0] == 1 else shown.permute(1, 2, 0).numpy()
+
+
 def _draw_image(axes, picture, title: str) -> None:
-    axes.imshow(picture)
+    if picture.ndim == 2:  # one channel: grey, not a colour map stretched to the image's own range
+        axes.imshow(picture, cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        axes.imshow(picture)
     axes.set_title(title, fontsize="small")
     axes.set_axis_off()
 

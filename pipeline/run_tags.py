@@ -10,7 +10,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-from pipeline.config import Config
+from pipeline.config import Config, split_paths
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def run_tags(config: Config, argv: list[str], repo: Path = REPO) -> dict[str, st
 def data_splits(config: Config) -> list[tuple[str, Path, str]]:
     """(tag key, location, format) of every split: train and val, or each mixture source's ("<name>.train")."""
     if not config.data.sources:
-        return [(split, Path(getattr(config.data, split)), config.data.format) for split in ("train", "val")]
+        return [(split, split_paths(getattr(config.data, split))[0], config.data.format) for split in ("train", "val")]
     return [(f"{source.name}.{split}", Path(getattr(source, split)), source.format)
             for source in config.data.sources for split in ("train", "val") if getattr(source, split)]
 
@@ -57,10 +57,10 @@ def dataset_name(location: Path, format: str) -> str:
 
 
 def dataset_digest(location: Path, format: str) -> str:
-    """COCO: sha256 of the annotation file. A class-per-folder tree has no such file; the sorted list of
-    its relative file paths stands for it (labels live in the paths)."""
+    """An annotation file (COCO json, YOLO data.yaml, VOC list): its sha256. A folder (class-per-folder
+    tree, mask folder) has no such file; the sorted list of its relative file paths stands for it."""
     try:
-        if format == "coco":
+        if location.is_file():
             with location.open("rb") as f:
                 return hashlib.file_digest(f, "sha256").hexdigest()
         listing = sorted(p.relative_to(location).as_posix() for p in location.rglob("*") if p.is_file())

@@ -286,14 +286,14 @@ class Target:
     notes: list[str] = field(default_factory=list)
 
 
-def parse_input(text: str) -> tuple[int, int, int]:
-    """'3x224x224' -> (3, 224, 224); '224' -> (3, 224, 224)."""
+def parse_input(text: str, channels: int = 3) -> tuple[int, int, int]:
+    """'3x224x224' -> (3, 224, 224); '224' -> (channels, 224, 224), `channels` the target's own (default 3)."""
     try:
         dims = tuple(int(d) for d in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--input: expected CxHxW such as 3x224x224, got {text!r}") from None
     if len(dims) == 1:
-        dims = (3, dims[0], dims[0])
+        dims = (channels, dims[0], dims[0])
     if len(dims) != 3 or min(dims) < 1:
         raise ValueError(f"--input: expected CxHxW such as 3x224x224, got {text!r}")
     return dims
@@ -320,7 +320,9 @@ def count_classes(data: Any) -> tuple[int | None, str]:
     """Number of classes of a config's data when it is cheap to know (no dataset is generated or scanned)."""
     if data.sources:
         return None, ""
-    train = Path(data.train)
+    from pipeline.config import split_paths
+
+    train = split_paths(data.train)[0]
     if data.format == "imagefolder" and train.is_dir():
         return sum(1 for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")), f"folders of {train}"
     if data.format == "coco" and train.is_file() and train.stat().st_size <= ANNOTATIONS_READ_LIMIT:
@@ -333,8 +335,11 @@ def count_classes(data: Any) -> tuple[int | None, str]:
     return None, ""
 
 
-def load_target(spec: str, classifier: bool = False, classes: int | None = None) -> Target:
-    """`spec`: a backbone registry name, a torchvision/timm classifier name (with `classifier`), or a YAML config."""
+def load_target(spec: str, classifier: bool = False, classes: int | None = None,
+                in_channels: int | None = None) -> Target:
+    """`spec`: a backbone registry name, a torchvision/timm classifier name (with `classifier`), or a YAML config.
+
+    Image channels: a config's data.channels; a backbone is adapted to `in_channels` (default 3)."""
     import backbones
 
     if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
@@ -349,18 +354,22 @@ def load_target(spec: str, classifier: bool = False, classes: int | None = None)
                 classes, source = CLASSES_DEFAULT, "default; set --classes"
         else:
             source = "--classes"
-        model = build_model(config.model, num_classes=classes)
+        channels = config.data.channels
+        model = build_model(config.model, num_classes=classes, in_channels=channels)
         size = config.data.image_size
         return Target(model, f"{spec} ({config.model.backbone.name} + {', '.join(config.model.heads)})",
                       parts=["backbone", *(f"heads.{task}" for task in config.model.heads)],
-                      default_input=(3, size, size), notes=[f"classes: {classes} ({source})"])
+                      default_input=(channels, size, size), notes=[f"classes: {classes} ({source})"])
     if classifier:
         model, title = build_classifier(spec)
         return Target(model, title)
     if spec not in backbones.names():
         raise ValueError(f"unknown backbone {spec!r}; valid: {', '.join(backbones.names())} "
                          f"(or --classifier NAME for a torchvision/timm classifier, or a config .yaml)")
-    return Target(backbones.build(spec, pretrained=False), f"{spec} (backbone stages)")
+    channels = in_channels or 3
+    title = f"{spec} (backbone stages)" if channels == 3 else f"{spec} (backbone stages, {channels} input channels)"
+    return Target(backbones.build(spec, pretrained=False, in_channels=channels), title,
+                  default_input=(channels, 224, 224))
 
 
 def run(spec: str, input_text: str | None = None, classifier: bool = False, depth: int | None = None,
@@ -368,8 +377,10 @@ def run(spec: str, input_text: str | None = None, classifier: bool = False, dept
     """What `python -m pipeline summary` prints."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. "no weights, random init" notices
-        target = load_target(spec, classifier, classes)
-    input_shape = parse_input(input_text) if input_text else target.default_input
+        # An explicit CxHxW sets the channels a backbone is adapted to (a config has its own data.channels).
+        explicit = parse_input(input_text) if input_text and "x" in input_text.lower() else None
+        target = load_target(spec, classifier, classes, in_channels=explicit[0] if explicit else None)
+    input_shape = parse_input(input_text, target.default_input[0]) if input_text else target.default_input
     summary = summarize(target.model, input_shape, depth=depth, parts=target.parts,
                         receptive_fields=receptive_fields, title=target.title)
     summary.notes = target.notes + summary.notes

@@ -231,7 +231,7 @@ class Tracker:
 
     def log_model(self, model: torch.nn.Module, input_example: torch.Tensor) -> bool:
         """Log the model (pipeline/export.py) so `mlflow.pytorch.load_model("runs:/<run id>/model")` returns
-        it; `input_example`: a few images [N,3,H,W] in [0,1]. Call once, at the end of the run."""
+        it; `input_example`: a few images [N,C,H,W] in [0,1]. Call once, at the end of the run."""
         from pipeline.export import log_exported_model
 
         if self.online and self._call("log the model", log_exported_model, self.client, self.uri, self.run_id,

@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 
 from datasets.summary import summarize
+from pipeline.check_data import require_trainable
 from pipeline.checkpoint import latest_checkpoint, load_checkpoint
 from pipeline.config import Config, config_to_dict
-from pipeline.data import build_splits, ensure_shapes, eval_loader, train_loader
+from pipeline.data import build_splits, ensure_shapes, eval_loader, stored_image_policy, train_loader
 from pipeline.device import select_precision
 from pipeline.distributed import DistInfo, barrier, broadcast_from_main, init_distributed, shutdown
 from pipeline.model import build_model
@@ -65,10 +66,11 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
     if dist.is_main:
         ensure_shapes(config.data)
     barrier(dist)
-    splits = build_splits(config.data)
+    splits = build_splits(config.data, stored_image_policy(resume.state) if resume else None)
+    require_trainable(splits, config)  # before any run, folder or model: data that cannot train stops here
     model = build_model(with_local_weights(config.model, resolve_uri(config.tracking)),
-                        num_classes=len(splits.class_names))
-    summary = summarize(splits.train, config.data.image_size)
+                        num_classes=len(splits.class_names), in_channels=config.data.channels)
+    summary = summarize(splits.train, config.data.image_size, config.data.resize)
     for head in model.heads.values():
         head.fit_data(summary)
     tracker = Tracker(config.tracking) if dist.is_main else None
@@ -84,7 +86,7 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
         trainer = Trainer(
             config, model, train_loader(splits.train, config.data, config.seed, dist),
             eval_loader(splits.val, config.data, config.seed, dist),
-            DataInfo(splits.class_names, splits.category_ids), device, select_precision(config.train.amp, device),
+            DataInfo(splits.class_names, splits.category_ids, splits.image_policy.to_dict()), device, select_precision(config.train.amp, device),
             output_dir, tracker, dist, run_id,
         )
         if resume:

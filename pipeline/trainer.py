@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from datasets.image_io import ImagePolicy
 from datasets.sampling import ResumableDistributedSampler
 from pipeline.checkpoint import CheckpointFolder
 from pipeline.config import Config, config_to_dict
@@ -53,6 +54,8 @@ class DataInfo:
     """What the trainer must remember about the data to make a checkpoint usable on its own."""
     class_names: list[str]
     category_ids: list[int]
+    # How files became pixels (datasets.image_io.ImagePolicy.to_dict(), resolved): eval and predict read alike.
+    image_policy: dict[str, Any] = field(default_factory=lambda: ImagePolicy().to_dict())
 
 
 @dataclass
@@ -324,6 +327,7 @@ class Trainer:
             "config": config_to_dict(self.config),
             "class_names": self.data_info.class_names,
             "category_ids": self.data_info.category_ids,
+            "image_policy": self.data_info.image_policy,
             "metrics": metrics,
         }, self.position.global_step, is_best)
 

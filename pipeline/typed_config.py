@@ -17,6 +17,11 @@ class ConfigError(ValueError):
     pass
 
 
+class DataCheckError(ValueError):
+    """The data cannot train this model (pipeline/check_data.py); the message lists every reason found.
+    Here, beside ConfigError, so the CLI can name both user errors without importing the training stack."""
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -50,12 +55,15 @@ def convert(tp: Any, value: Any, where: str, source: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, f"{where}.", source)
     if origin in (Union, types.UnionType):
-        errors = []
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:
+            # A mapping can only be that section: its own error (unknown key, nearest valid key) is the useful one.
+            return convert(sections[0], value, where, source)
         for option in args:
             try:
                 return convert(option, value, where, source)
-            except ConfigError as error:
-                errors.append(error)
+            except ConfigError:
+                pass
         expected = " or ".join(_type_name(a) for a in args)
         raise ConfigError(f"{source}: {where}: expected {expected}, got {value!r}")
     if tp is type(None):

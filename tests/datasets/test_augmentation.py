@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import albumentations as A
+import cv2
 import numpy as np
 import torch
 
 from datasets.coco import CocoDataset
 from datasets.record import RawRecord
-from datasets.transforms import AugmentOptions, apply_transform, build_transform
+from datasets.sample import IGNORE_INDEX
+from datasets.transforms import (
+    AugmentOptions, SampleTransform, apply_transform, build_transform, compose_with_targets,
+)
 
 FLIP_ONLY = AugmentOptions(hflip_p=1.0, affine_p=0.0, color_p=0.0)
 
@@ -88,3 +93,44 @@ def test_zero_boxes_and_missing_targets_pass_through():
     sample = apply_transform(build_transform(32, train=True), bare)
     assert sample.image.shape == (3, 32, 32)
     assert sample.mask is None and sample.boxes is None and sample.box_labels is None and sample.label is None
+
+
+def _translated(dx: int, min_visibility: float = 0.3) -> SampleTransform:
+    """A deterministic shift left by -dx px (albumentations' Affine with a fixed translation)."""
+    steps = [A.Affine(translate_px={"x": dx, "y": 0}, border_mode=cv2.BORDER_CONSTANT, p=1.0)]
+    return SampleTransform(compose_with_targets(steps), min_visibility)
+
+
+def test_a_box_mostly_pushed_out_becomes_an_ignore_region_not_background():
+    record = RawRecord(image=np.zeros((32, 32, 3), np.uint8), image_id=1,
+                       boxes=np.array([[2, 10, 12, 20], [20, 4, 30, 14]], np.float32), box_labels=np.array([1, 0]))
+    sample = _translated(-8)(record)   # 4 of the first box's 10 px stay visible: 40% >= 30%, kept
+    assert sample.boxes.tolist() == [[0, 10, 4, 20], [12, 4, 22, 14]] and sample.ignore_boxes.shape == (0, 4)
+    sample = _translated(-10)(record)  # 2 of 10 px: 20% < 30%, so its visible part is ignored, with its class
+    assert sample.boxes.tolist() == [[10, 4, 20, 14]] and sample.box_labels.tolist() == [0]
+    assert sample.ignore_boxes.tolist() == [[0, 10, 2, 20]] and sample.ignore_labels.tolist() == [1]
+    sample = _translated(-14)(record)  # wholly outside: neither an object nor a region
+    assert sample.boxes.tolist() == [[6, 4, 16, 14]] and sample.ignore_boxes.shape == (0, 4)
+
+
+def test_crowd_regions_travel_with_the_image_as_ignore_regions():
+    record = RawRecord(image=np.zeros((32, 32, 3), np.uint8), image_id=1,
+                       boxes=np.zeros((0, 4), np.float32), box_labels=np.zeros(0, np.int64),
+                       ignore_boxes=np.array([[4, 4, 12, 12]], np.float32), ignore_labels=np.array([2]))
+    sample = apply_transform(build_transform(16, train=True, options=FLIP_ONLY), record)
+    assert sample.ignore_boxes.tolist() == [[10, 2, 14, 6]] and sample.ignore_labels.tolist() == [2]
+    assert sample.boxes.shape == (0, 4)
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_knows_how_to_map_back():
+    image = np.full((40, 80, 3), 200, np.uint8)
+    mask = np.ones((40, 80), np.uint8)
+    record = RawRecord(image=image, image_id=1, mask=mask, boxes=np.array([[10, 5, 30, 25]], np.float32),
+                       box_labels=np.array([0]))
+    sample = apply_transform(build_transform(64, train=False, resize="letterbox"), record)
+    assert sample.to_original == (0.8, 0.8, 0.0, 16.0)   # 80x40 -> 64x32, centred: 16 rows of padding above
+    assert sample.boxes.tolist() == [[8, 20, 24, 36]]
+    assert (sample.mask[:16] == IGNORE_INDEX).all() and (sample.mask[16:48] == 1).all()
+    assert (sample.mask[48:] == IGNORE_INDEX).all() and float(sample.image[:, :16].max()) == 0.0
+    stretched = apply_transform(build_transform(64, train=False), record)
+    assert stretched.to_original == (0.8, 1.6, 0.0, 0.0)

@@ -3,14 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datasets.build import FORMATS, build_dataset, build_loader
+from datasets.build import FORMATS, ReadOptions, build_dataset, build_loader
 from datasets.sample import Batch
 from datasets.transforms import AugmentOptions
 
 
 def _dataset(annotations, train=True, augment=None):
-    return build_dataset("coco", annotations, None, image_size=32, train=train,
-                         augment=augment or AugmentOptions(), skip_invalid=False)
+    return build_dataset("coco", annotations, None, train=train,
+                         options=ReadOptions(image_size=32, augment=augment or AugmentOptions()))
 
 
 def test_build_dataset_reads_the_format_at_the_requested_size(shapes_annotations):
@@ -21,7 +21,7 @@ def test_build_dataset_reads_the_format_at_the_requested_size(shapes_annotations
 
 def test_unknown_format_lists_the_known_ones(shapes_annotations):
     with pytest.raises(ValueError, match="coco"):
-        build_dataset("voc", shapes_annotations, None, 32, True, AugmentOptions(), False)
+        build_dataset("no_such_format", shapes_annotations, None, True, ReadOptions(32, AugmentOptions()))
     assert "coco" in FORMATS
 
 

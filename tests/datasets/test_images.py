@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.build import build_dataset
+from datasets.build import ReadOptions, build_dataset
 from datasets.collate import collate
 from datasets.images import ImageOnlyDataset
 from datasets.transforms import AugmentOptions
@@ -30,8 +30,7 @@ def test_every_image_under_the_root_sorted_by_path_with_every_target_missing(tmp
 
 def test_build_dataset_reads_the_images_format_at_the_requested_size(tmp_path):
     write_images(tmp_path, ["a.png"])
-    sample = build_dataset("images", tmp_path, None, image_size=16, train=True, augment=AugmentOptions(),
-                           skip_invalid=False)[0]
+    sample = build_dataset("images", tmp_path, None, train=True, options=ReadOptions(16, AugmentOptions()))[0]
     assert sample.image.shape == (3, 16, 16) and sample.mask is None and sample.boxes is None
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.build import build_dataset
+from datasets.build import ReadOptions, build_dataset
 from datasets.collate import collate
 from datasets.masks import MaskFolderDataset
 from datasets.sample import IGNORE_INDEX
@@ -57,8 +57,7 @@ def test_palette_masks_are_read_as_their_indices(tmp_path):
 
 def test_build_dataset_resizes_image_and_mask_together(tmp_path):
     write_mask_folder(tmp_path, {"a": np.kron(quadrants(size=(4, 4)), np.ones((8, 8), np.uint8))})
-    sample = build_dataset("masks", tmp_path, None, image_size=16, train=False, augment=AugmentOptions(),
-                           skip_invalid=False)[0]
+    sample = build_dataset("masks", tmp_path, None, train=False, options=ReadOptions(16, AugmentOptions()))[0]
     assert sample.image.shape == (3, 16, 16) and sample.mask.shape == (16, 16)
     assert sample.mask[0, 0] == 0 and sample.mask[0, 15] == 1 and sample.mask[15, 0] == 2
     assert sample.mask[15, 15] == IGNORE_INDEX and sample.orig_size == (32, 32)
@@ -80,11 +79,19 @@ def test_a_mask_of_another_size_than_its_image_is_an_error(tmp_path):
         MaskFolderDataset(tmp_path)[0]
 
 
-def test_a_colour_mask_is_an_error(tmp_path):
+def test_a_colour_mask_is_an_error_naming_the_colour_format(tmp_path):
     write_mask_folder(tmp_path, {"a": quadrants()})
-    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "masks/a.png")
-    with pytest.raises(ValueError, match=r"a\.png: expected a single-channel 8-bit PNG .*mode RGB"):
+    colour = np.zeros((8, 10, 3), np.uint8)
+    colour[..., 0] = 200
+    Image.fromarray(colour).save(tmp_path / "masks/a.png")
+    with pytest.raises(ValueError, match=r"a\.png: expected a single-channel integer mask .*palette_masks"):
         MaskFolderDataset(tmp_path)[0]
+
+
+def test_a_grey_mask_saved_with_three_equal_channels_reads_as_grey(tmp_path):
+    write_mask_folder(tmp_path, {"a": quadrants()})
+    Image.fromarray(np.repeat(quadrants()[..., None], 3, axis=2)).save(tmp_path / "masks/a.png")
+    assert np.array_equal(MaskFolderDataset(tmp_path)[0].mask.numpy(), quadrants())
 
 
 def test_missing_and_orphan_masks_are_errors_or_counted_skips(tmp_path):
@@ -130,3 +137,22 @@ def test_a_missing_layout_folder_is_named(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(FileNotFoundError, match=r"masks: expected a folder \(mask-folder layout"):
         MaskFolderDataset(tmp_path)
+
+
+@pytest.mark.parametrize("classes, expected", [(None, ["foreground"]), (["lesion"], ["lesion"])])
+def test_binary_0_255_masks_read_255_as_the_one_class(tmp_path, classes, expected):
+    mask = np.zeros((8, 10), np.uint8)
+    mask[2:5, 3:7] = 255
+    write_mask_folder(tmp_path, {"a": mask, "b": np.zeros((8, 10), np.uint8)}, classes=classes or ["unused"])
+    if classes is None:
+        (tmp_path / "classes.txt").unlink()
+    dataset = MaskFolderDataset(tmp_path)
+    assert dataset.class_names == expected and dataset.category_ids == [1]
+    assert np.array_equal(dataset[0].mask.numpy(), (mask == 255).astype(np.uint8))  # class 1, not ignore
+
+
+def test_a_one_class_mask_with_class_values_keeps_255_as_ignore(tmp_path):
+    mask = np.zeros((8, 10), np.uint8)
+    mask[2:5, 3:7], mask[6:, :] = 1, 255
+    write_mask_folder(tmp_path, {"a": mask}, classes=["lesion"])
+    assert np.array_equal(MaskFolderDataset(tmp_path)[0].mask.numpy(), mask)

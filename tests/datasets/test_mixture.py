@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from datasets.build import build_loader
 from datasets.coco import CocoDataset
 from datasets.collate import collate
+from datasets.build import ReadOptions
 from datasets.mixture import MixtureDataset, MixtureSampler, MixtureSource, build_mixture, mixture_order
 from datasets.sample import IGNORE_INDEX, Sample
 from datasets.sampling import EpochSeeded, ResumableDistributedSampler
@@ -238,7 +239,7 @@ def sources_of(paths: dict, ratios=(None, None, None)) -> list[MixtureSource]:
 
 def test_the_shapes_variants_mixture_recovers_the_original_masks_through_class_reconciliation(variants):
     root, paths = variants
-    splits = build_mixture(sources_of(paths), image_size=48, augment=AugmentOptions(), skip_invalid=False)
+    splits = build_mixture(sources_of(paths), ReadOptions(48, AugmentOptions()))
     assert splits.train.class_names == ["circle", "square", "triangle"]  # the COCO part's order comes first
     assert splits.train.sizes == [3, 3, 3] and splits.val.names == ["boxes", "masks"] and splits.ratios is None
     # The mask part's classes.txt lists the classes in another order; remapped, its masks equal the originals.
@@ -256,8 +257,8 @@ def test_the_shapes_variants_mixture_recovers_the_original_masks_through_class_r
 def test_ratios_must_be_set_on_every_source_or_none(variants):
     _, paths = variants
     with pytest.raises(ValueError, match=r"sources \['raw'\]: ratio: expected a ratio on every source or on none"):
-        build_mixture(sources_of(paths, ratios=(1.0, 1.0, None)), 48, AugmentOptions(), False)
-    splits = build_mixture(sources_of(paths, ratios=(2.0, 1.0, 1.0)), 48, AugmentOptions(), False)
+        build_mixture(sources_of(paths, ratios=(1.0, 1.0, None)), ReadOptions(48, AugmentOptions()))
+    splits = build_mixture(sources_of(paths, ratios=(2.0, 1.0, 1.0)), ReadOptions(48, AugmentOptions()))
     assert splits.ratios == [2.0, 1.0, 1.0]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 import backbones
-from datasets.build import build_dataset, build_loader
+from datasets.build import ReadOptions, build_dataset, build_loader
 from datasets.mixture import MixtureDataset, MixtureSampler
 from datasets.sampling import EpochSeeded
 from datasets.shapes_variants import write_shapes_variant_splits
@@ -17,7 +17,7 @@ SIZE = 64
 
 def test_a_boxes_only_and_a_masks_only_source_train_a_detection_and_a_segmentation_head(tmp_path):
     paths = write_shapes_variant_splits(tmp_path, train=12, val=3, image_size=SIZE, seed=0)["train"]
-    common = dict(images_root=None, image_size=SIZE, train=True, augment=AugmentOptions(), skip_invalid=False)
+    common = dict(images_root=None, train=True, options=ReadOptions(SIZE, AugmentOptions()))
     mixture = MixtureDataset([build_dataset("coco", paths.coco, **common), build_dataset("masks", paths.masks, **common)],
                              ["boxes", "masks"])
     sampler = MixtureSampler(mixture, num_replicas=1, rank=0, seed=0, ratios=[1.0, 1.0], length=12)

@@ -124,3 +124,40 @@ def test_map_agrees_with_torchmetrics(seed):
     assert ours["mAP"] == pytest.approx(float(expected["map"]), abs=1e-6)
     assert ours["mAP50"] == pytest.approx(float(expected["map_50"]), abs=1e-6)
     assert ours["mAP75"] == pytest.approx(float(expected["map_75"]), abs=1e-6)
+
+
+def test_a_crowd_regions_detections_do_not_lower_map_and_official_pycocotools_agrees():
+    """One object and one crowd region; the detector also fires, most confidently, inside the crowd."""
+    batch = detection_batch(boxes=[[[4, 4, 20, 24]]], labels=[[1]], has_boxes=[True])
+    batch.ignore_boxes, batch.ignore_labels = [torch.tensor([[30.0, 30.0, 60.0, 60.0]])], [torch.tensor([1])]
+    predictions = [{"boxes": torch.tensor([[35.0, 35.0, 50.0, 50.0], [4.0, 4.0, 20.0, 24.0]]),
+                    "scores": torch.tensor([0.95, 0.9]), "labels": torch.tensor([1, 1])}]
+    ours = compute(batch, predictions)
+    assert ours["mAP50"] == pytest.approx(1.0)  # without the region the top detection is a false positive
+    batch.ignore_boxes = [torch.zeros(0, 4)]
+    batch.ignore_labels = [torch.zeros(0, dtype=torch.long)]
+    assert compute(batch, predictions)["mAP50"] < 0.6
+
+    # The official evaluation of the same thing, from a COCO file with an iscrowd annotation.
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    official = COCO()
+    official.dataset = {
+        "images": [{"id": 7, "width": 64, "height": 64}],
+        "categories": [{"id": c, "name": str(c)} for c in (1, 2, 3)],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 2, "bbox": [4, 4, 16, 20], "area": 320, "iscrowd": 0},
+                        {"id": 2, "image_id": 7, "category_id": 2, "bbox": [30, 30, 30, 30], "area": 900, "iscrowd": 1}],
+    }
+    detections = [{"image_id": 7, "category_id": 2, "bbox": [35, 35, 15, 15], "score": 0.95},
+                  {"image_id": 7, "category_id": 2, "bbox": [4, 4, 16, 20], "score": 0.9}]
+    with contextlib.redirect_stdout(io.StringIO()):
+        official.createIndex()
+        evaluation = COCOeval(official, official.loadRes(detections), iouType="bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    assert ours["mAP"] == pytest.approx(evaluation.stats[0]) and ours["mAP50"] == pytest.approx(evaluation.stats[1])

@@ -7,7 +7,7 @@ from torchvision.ops import box_iou
 
 from datasets.summary import DataSummary
 from heads.detection_metric import CocoDetectionMetric
-from heads.yolo import YoloHead, YoloOptions, YoloOutputs, _default_anchors, encode_boxes
+from heads.yolo import YoloHead, YoloOptions, YoloOutputs, _default_anchors, decode_boxes, encode_boxes
 from support import assert_finds_the_boxes, detection_batch, train_head
 
 CHANNELS, STRIDES = [16, 24, 32, 96, 320], [2, 4, 8, 16, 32]
@@ -58,7 +58,8 @@ def test_missing_stride_raises_clear_error():
 
 @pytest.mark.parametrize("box_loss", ["giou", "ciou", "mse"])
 def test_encoded_targets_decode_to_ground_truth(box_loss):
-    head = make_head(box_loss=box_loss)
+    # YOLOv3's assignment: one anchor, one cell per box (the default adds more; see the next test).
+    head = make_head(box_loss=box_loss, anchors=_default_anchors(), anchor_threshold=0.0, neighbour_cells=False)
     # Small, medium, large and elongated boxes, one touching the border: several levels and anchors.
     boxes = [[[4, 6, 16, 18], [30, 20, 70, 80], [80, 0, 96, 14]], [[50, 50, 60, 70], [8, 40, 88, 90]]]
     labels = [[0, 2, 1], [1, 0]]
@@ -81,7 +82,28 @@ def test_encoded_targets_decode_to_ground_truth(box_loss):
         assert prediction["labels"].dtype == torch.int64
 
     losses = head.loss(outputs, batch)
-    assert losses["box"] < 1e-3 and losses["cls"] < 1e-3 and losses["obj"] < 1e-3
+    # obj sums every cell's BCE (each ~6e-6 at a logit of -12) per positive: near zero, not below 1e-3
+    assert losses["box"] < 1e-3 and losses["cls"] < 1e-3 and losses["obj"] < 5e-3
+
+
+def test_each_box_also_gets_the_near_anchors_and_the_two_nearest_neighbour_cells():
+    head = make_head(anchors=_default_anchors())
+    batch = detection_batch([[[20, 20, 34, 34], [0, 40, 6, 54]]], [[1, 0]], [True], size=64)
+    targets = head.assign_targets(empty_outputs(head, 1, 64), batch)
+    rows = {}
+    for level, target in enumerate(targets):
+        decoded = decode_boxes(target.raw, torch.stack([target.cell_x, target.cell_y], 1).float(),
+                               head.anchors[level][target.anchor], head.strides[level])
+        torch.testing.assert_close(decoded, target.boxes, atol=1e-3, rtol=0)  # every row encodes its own box
+        for box, y, x, anchor in zip(target.boxes.tolist(), target.cell_y.tolist(), target.cell_x.tolist(),
+                                     target.anchor.tolist()):
+            rows.setdefault(tuple(box), set()).add((level, anchor, y, x))
+    inner, edge = rows[(20.0, 20.0, 34.0, 34.0)], rows[(0.0, 40.0, 6.0, 54.0)]
+    # centre (27, 27) = stride-8 cell (3, 3) at fraction .375: plus the cells to its left and above
+    assert {(y, x) for level, _, y, x in inner if level == 0} == {(3, 3), (3, 2), (2, 3)}
+    assert len({(level, anchor) for level, anchor, _, _ in inner}) > 1   # several anchors within 4x fit it
+    # centre (3, 47): the cell left of column 0 does not exist, so only the one below joins
+    assert {(y, x) for level, _, y, x in edge if level == 0} == {(5, 0), (6, 0)}
 
 
 def test_nms_is_class_aware():
@@ -147,7 +169,9 @@ def test_annotated_image_without_objects_trains_objectness_only():
     losses = head.loss(head(fake_features(1, 64), batch.image), batch)
     assert losses["obj"] > 0
     assert losses["box"].item() == 0.0 and losses["cls"].item() == 0.0
-    assert math.isclose(losses["obj"].item(), -math.log(0.99), rel_tol=0.5)  # prior objectness ~0.01
+    # no positives: every cell's -log(1 - 0.01) (the prior), summed over the one annotated image
+    cells = 3 * sum((64 // stride) ** 2 for stride in (8, 16, 32))
+    assert math.isclose(losses["obj"].item(), -cells * math.log(0.99), rel_tol=0.5)
 
 
 def test_metric_is_coco_detection_metric():
@@ -208,7 +232,7 @@ def test_fitted_anchors_survive_a_checkpoint_and_are_used():
 
 
 def test_fit_data_keeps_given_anchors():
-    head = make_head()
+    head = make_head(anchors=_default_anchors())
     head.fit_data(box_summary(SIX_SHAPES))
     assert [level.tolist() for level in head.anchors] == _default_anchors()
 
@@ -217,3 +241,60 @@ def test_auto_anchors_without_training_boxes_raise_a_clear_error():
     head = make_head(anchors="auto")
     with pytest.raises(ValueError, match="anchors 'auto'.*no"):
         head.fit_data(DataSummary(image_size=64, num_classes=NUM_CLASSES, box_sizes=torch.zeros(0, 2)))
+
+
+def _obj_gradient(head: YoloHead, outputs: YoloOutputs, batch) -> list[torch.Tensor]:
+    """d(obj loss) / d(objectness logit) per level, [B, A, H, W]."""
+    levels = [level.detach().clone().requires_grad_(True) for level in outputs.levels]
+    head.loss(YoloOutputs(levels, outputs.image_size), batch)["obj"].backward()
+    return [level.grad[..., 4] for level in levels]
+
+
+def test_ignore_regions_get_no_objectness_loss():
+    head = make_head(anchors=_default_anchors())
+    outputs = empty_outputs(head, 1, 64)
+    for level in outputs.levels:
+        level[..., 4] = 3.0  # confident everywhere: every counted negative has a gradient
+    batch = detection_batch([[[2, 2, 14, 14]]], [[0]], [True])
+    batch.ignore_boxes = [torch.tensor([[32.0, 32.0, 64.0, 64.0]])]
+    batch.ignore_labels = [torch.tensor([1])]
+    fine = _obj_gradient(head, outputs, batch)[0][0]  # stride 8: an 8 x 8 grid, cell centres at 4, 12, ...
+    assert (fine[:, 4:, 4:] == 0).all()                # centres inside the region: not counted
+    assert (fine[:, 4:, :3] > 0).all() and (fine[:, :3, 4:] > 0).all()  # background elsewhere: pushed down
+
+
+def test_objectness_keeps_its_weight_when_the_grid_grows():
+    """The same picture at 4x the size has 16x the cells; the pull on the object's own cell must not fade."""
+    pulls = []
+    for size in (64, 256):
+        head = make_head(obj_target="one", anchors=[[[s * size / 64] * 2 for s in (4, 6, 8)], [[s * size / 64] * 2 for s in (12, 16, 20)],
+                                  [[s * size / 64] * 2 for s in (28, 36, 44)]])
+        outputs = empty_outputs(head, 1, size)
+        for level in outputs.levels:
+            level[..., 4] = 0.0
+        k = size / 64
+        gradients = _obj_gradient(head, outputs, detection_batch([[[20 * k, 20 * k, 36 * k, 36 * k]]], [[0]], [True], size))
+        pulls.append(-min(float(g.min()) for g in gradients))  # the strongest push towards "object"
+    assert 0.5 < pulls[1] / pulls[0] < 2.0
+
+
+def test_strides_given_coarse_first_are_sorted_with_their_anchors():
+    anchors = _default_anchors()
+    head = make_head(strides=[32, 16, 8], anchors=anchors[::-1])
+    assert head.strides == [8, 16, 32]
+    assert head.anchors[0].tolist() == anchors[0] and head.anchors[2].tolist() == anchors[2]
+    outputs = head(fake_features(1, 64), torch.zeros(1, 3, 64, 64))
+    assert [level.shape[2] for level in outputs.levels] == [8, 4, 2]
+
+
+def test_decoding_is_float32_even_when_the_outputs_are_bf16():
+    head = make_head(anchors=_default_anchors())
+    outputs = empty_outputs(head, 1, 256)
+    box = torch.tensor([[201.3, 97.6, 233.9, 141.2]])
+    cell = torch.tensor([[27.0, 14.0]])  # (x, y) of the centre's stride-8 cell: (217.6 / 8, 119.4 / 8)
+    place(outputs, (0, 0, 0, 14, 27), encode_boxes(box, cell, head.anchors[0][:1], 8)[0], label=1)
+    low = YoloOutputs([level.bfloat16() for level in outputs.levels], outputs.image_size)
+    found = head.decode(low)[0]
+    assert found["boxes"].dtype == torch.float32
+    # bf16 raw values carry ~3 significant digits; decoding them in bf16 would add ~1 px more on top
+    assert (found["boxes"][0] - box[0]).abs().max() < 1.0

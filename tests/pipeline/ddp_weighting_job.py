@@ -44,7 +44,7 @@ def main(out: Path) -> None:
         model = build_model(config.model, num_classes=len(splits.class_names))
         trainer = Trainer(config, model, train_loader(splits.train, config.data, config.seed, dist),
                           eval_loader(splits.val, config.data, config.seed, dist),
-                          DataInfo(splits.class_names, splits.category_ids), device,
+                          DataInfo(splits.class_names, splits.category_ids, splits.image_policy.to_dict()), device,
                           select_precision("fp32", device), out / strategy / f"rank{dist.rank}", dist=dist)
         trainer.train_epoch(0)
         results[strategy] = {"parameters": {k: v.detach().clone() for k, v in trainer.model.named_parameters()},

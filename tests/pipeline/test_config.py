@@ -69,3 +69,33 @@ def test_overrides_are_parsed_as_yaml_and_validated():
 def test_round_trip_through_plain_data():
     config = parse_config(minimal())
     assert parse_config(yaml.safe_load(yaml.safe_dump(config_to_dict(config)))) == config
+
+
+def test_numbers_as_people_write_them_are_numbers_in_yaml_and_overrides(tmp_path):
+    raw = minimal()
+    raw["train"] = {"optimizer": {"weight_decay": "1e-4"}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw).replace("'1e-4'", "1e-4"))  # unquoted, as a person types it
+    assert "weight_decay: 1e-4" in path.read_text()
+    config = load_config(path, ["train.optimizer.lr=3e-4", "train.grad_clip=1e5"])
+    assert config.train.optimizer.weight_decay == 1e-4 and config.train.optimizer.lr == 3e-4
+    assert config.train.grad_clip == 100000.0
+
+
+def test_a_typo_inside_an_optional_section_names_the_key_and_the_nearest_one():
+    raw = minimal()
+    raw["data"]["shapes"] = {"train_imagez": 10}
+    with pytest.raises(ConfigError, match=r"data\.shapes\.train_imagez: unknown key\. Did you mean 'train_images'"):
+        parse_config(raw)
+
+
+def test_a_split_can_name_its_images_folder_and_the_image_policy_is_validated():
+    raw = minimal()
+    raw["data"]["train"] = {"annotations": "annotations/instances_train2017.json", "images": "train2017"}
+    config = parse_config(raw)
+    assert config.data.train.annotations == "annotations/instances_train2017.json"
+    assert config.data.train.images == "train2017"
+    assert parse_config(config_to_dict(config)) == config
+    raw["data"]["intensity"] = [100, 10]
+    with pytest.raises(ConfigError, match=r"data\.intensity: expected auto, dataset or a range \[lo, hi\] with hi > lo"):
+        parse_config(raw)

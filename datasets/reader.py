@@ -1,0 +1,138 @@
+"""The reader contract: what every dataset format provides, and the skip-and-retry policy in one place.
+
+A format is one subclass of `Reader` plus one line in `datasets.build.FORMATS`. Its constructor takes
+
+    (annotations, images_root=None, transform=None, skip_invalid=False, policy=ImagePolicy(),
+     split="train", class_names=None)
+
+(`annotations`: the format's annotation file or dataset folder; `images_root`: where images are, when not
+the format's default; `split`: which split of a multi-split description, e.g. a YOLO data.yaml; `class_names`:
+a class list to read in, e.g. the training split's, when the split's own files do not fix one), validates
+what is cheap to validate eagerly, calls `super().__init__` and sets:
+
+    class_names     list[str]: class index i is class_names[i]
+    category_ids    list[int]: the id written for class i in COCO results files
+
+and implements:
+
+    __len__()                 the number of images
+    image_path(position)      the image file of one entry
+    load(position)            -> RawRecord, decoding with `self.read_image`; raises ValueError or OSError,
+                              naming the file, for an entry that cannot be read
+
+and optionally `box_sizes()` ([N, 4] box w, h and image w, h on disk, for anchor fitting and check-data) and
+`annotation_index()` (per-class counts from the annotations of every image, without decoding: lets
+check-data and the training guard say "class X has no instance" for certain, cheaply).
+
+The base class turns records into `Sample`s with the transform and handles bad entries the same way for
+every format: without `skip_invalid` the first one raises; with it, each is counted in `skipped`, its
+reason kept in `problems`, and the next readable entry is read instead, so no sample is silently lost.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from datasets.image_io import ImagePolicy, read_image
+from datasets.record import RawRecord
+from datasets.sample import Sample
+from datasets.transforms import SampleTransform, to_tensor_transform
+
+logger = logging.getLogger(__name__)
+
+MAX_LOGGED_REASONS = 5  # enough to diagnose a pattern without flooding the log
+
+# Kinds of per-class counts an AnnotationIndex may hold.
+BOXES, IGNORE_REGIONS, IMAGE_LABELS = "boxes", "ignore_regions", "image_labels"
+
+
+@dataclass
+class AnnotationIndex:
+    """Per-class counts over every image of a split, read from its annotations without decoding any image.
+    The counts a reader gives cover every instance of that kind; what it cannot know cheaply it leaves out."""
+    counts: dict[str, np.ndarray]     # BOXES | IGNORE_REGIONS | IMAGE_LABELS -> [C] counts
+    targets: list[str]                # the targets the annotations give: "boxes", "masks", "labels"
+    unlabelled: list[int] | None      # positions of images without any annotation; None: not known
+
+
+def count_per_class(labels: list[int] | np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(np.asarray(labels, np.int64).reshape(-1), minlength=num_classes)
+
+
+class Reader(Dataset):
+    class_names: list[str]
+    category_ids: list[int]
+
+    def __init__(self, transform: SampleTransform | None, skip_invalid: bool, policy: ImagePolicy) -> None:
+        self.transform = transform if transform is not None else to_tensor_transform()
+        self.skip_invalid = skip_invalid
+        self.policy = policy
+        self.skipped: dict[str, int] = {"images": 0}
+        self.problems: list[str] = []  # the reason of every skipped entry, in the order found
+
+    # ---- what a format implements ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def image_path(self, position: int) -> Path:
+        raise NotImplementedError
+
+    def load(self, position: int) -> RawRecord:
+        raise NotImplementedError
+
+    def box_sizes(self) -> np.ndarray:
+        """[N, 4] (w, h, image w, image h) of every box, in pixels on disk; none for formats without boxes."""
+        return np.zeros((0, 4), np.float32)
+
+    def annotation_index(self) -> AnnotationIndex | None:
+        """Per-class counts from the annotations alone; None: this format only knows by decoding."""
+        return None
+
+    # ---- shared --------------------------------------------------------------------------------
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.transform(self.read_record(index))
+
+    def read_record(self, index: int) -> RawRecord:
+        """The untransformed record; a bad entry raises, or with skip_invalid is replaced by the next readable
+        one (counted in `skipped`, per worker process)."""
+        for attempt in range(len(self)):
+            position = (index + attempt) % len(self)
+            try:
+                return self.load(position)
+            except (OSError, ValueError) as error:
+                self.skip("images", error)
+                logger.warning("skipping an unreadable entry: %s", error)
+        raise ValueError(f"{self.where()}: no entry could be read")
+
+    def read_image(self, path: Path) -> np.ndarray:
+        return read_image(path, self.policy)
+
+    def image_paths(self) -> list[Path]:
+        return [self.image_path(position) for position in range(len(self))]
+
+    def set_policy(self, policy: ImagePolicy) -> None:
+        """Replace the image policy, e.g. once 'dataset' intensity statistics are known."""
+        self.policy = policy
+
+    def skip(self, kind: str, error: Exception) -> None:
+        """An entry of `kind` is bad: raise, or with skip_invalid count it and keep its reason."""
+        if not self.skip_invalid:
+            raise error
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        self.problems.append(str(error))
+
+    def log_skipped(self) -> None:
+        """One warning for the entries skipped while opening the dataset."""
+        if self.problems:
+            logger.warning("%s: skipped %s; first reasons:\n  %s", self.where(), self.skipped,
+                           "\n  ".join(self.problems[:MAX_LOGGED_REASONS]))
+
+    def where(self) -> str:
+        """What to name in messages: the annotation file or dataset folder."""
+        return str(getattr(self, "annotations", getattr(self, "root", type(self).__name__)))
