@@ -21,7 +21,7 @@ from pycocotools.coco import COCO
 from datasets.coco_checks import check_coco
 from datasets.image_io import ImagePolicy
 from datasets.reader import BOXES, IGNORE_REGIONS, AnnotationIndex, Reader, count_per_class
-from datasets.record import RawRecord
+from datasets.record import RawRecord, image_targets
 from datasets.sample import IGNORE_INDEX
 from datasets.transforms import SampleTransform
 
@@ -78,14 +78,16 @@ class CocoDataset(Reader):
         mask = self._semantic_mask(anns, image.shape[:2]) if self.has_masks else None
         objects = [ann for ann in anns if not ann["iscrowd"]]
         crowds = [ann for ann in anns if ann["iscrowd"]]
+        boxes, labels = _xyxy_boxes(objects, image.shape[:2]), self._labels(objects)
+        label, multi_label = image_targets(labels, boxes, mask, len(self.class_names))
         return RawRecord(
             image=image,
             image_id=image_id,
-            label=self._image_label(objects, mask),
+            label=label,
             mask=mask,
-            boxes=_xyxy_boxes(objects, image.shape[:2]),
-            box_labels=self._labels(objects),
-            multi_label=self._multi_hot(objects),
+            boxes=boxes,
+            box_labels=labels,
+            multi_label=multi_label,
             # Crowds are regions where detections are neither right nor wrong, as in the official evaluation.
             ignore_boxes=_xyxy_boxes(crowds, image.shape[:2]),
             ignore_labels=self._labels(crowds),
@@ -118,23 +120,6 @@ class CocoDataset(Reader):
             value = IGNORE_INDEX if ann["iscrowd"] else self._class_of[ann["category_id"]] + 1
             mask[self.coco.annToMask(ann).astype(bool)] = value
         return mask
-
-    def _multi_hot(self, objects: list[dict]) -> np.ndarray:
-        present = np.zeros(len(self.category_ids), np.float32)
-        present[[self._class_of[ann["category_id"]] for ann in objects]] = 1.0
-        return present
-
-    def _image_label(self, objects: list[dict], mask: np.ndarray | None) -> int | None:
-        """The class covering the largest visible area; box areas when there is no mask. Ties: lowest index."""
-        if not objects:
-            return None
-        areas = np.zeros(len(self.category_ids))
-        if mask is not None:
-            areas = np.bincount(mask.ravel(), minlength=256)[1 : len(self.category_ids) + 1].astype(float)
-        if not areas.any():  # no mask, or the objects are hidden under crowd regions
-            for ann in objects:
-                areas[self._class_of[ann["category_id"]]] += ann["bbox"][2] * ann["bbox"][3]
-        return int(np.argmax(areas))
 
 
 def _read_json(path: Path) -> object:

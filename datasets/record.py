@@ -28,3 +28,23 @@ class RawRecord:
     @property
     def orig_size(self) -> tuple[int, int]:
         return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+def image_targets(box_labels: np.ndarray, boxes: np.ndarray, mask: np.ndarray | None,
+                  num_classes: int) -> tuple[int | None, np.ndarray]:
+    """The image-level targets of an image's objects: (label, multi-hot).
+
+    The label is the class covering the largest visible area: mask pixels when there is a mask, else (or
+    when every object is hidden, e.g. under crowd regions) the box areas; ties go to the lowest index; no
+    objects, no label. The multi-hot marks each class with at least one object (all zero: none present,
+    which is known, not missing)."""
+    present = np.zeros(num_classes, np.float32)
+    present[box_labels] = 1.0
+    if len(box_labels) == 0:
+        return None, present
+    areas = np.zeros(num_classes)
+    if mask is not None:
+        areas = np.bincount(mask.ravel(), minlength=256)[1 : num_classes + 1].astype(float)
+    if not areas.any():
+        np.add.at(areas, box_labels, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    return int(np.argmax(areas)), present

@@ -42,7 +42,7 @@ from datasets.image_io import IMAGE_SUFFIXES, ImagePolicy
 from datasets.images import files_inside
 from datasets.masks import read_class_names
 from datasets.reader import BOXES, IGNORE_REGIONS, AnnotationIndex, Reader, count_per_class
-from datasets.record import RawRecord
+from datasets.record import RawRecord, image_targets
 from datasets.transforms import SampleTransform
 
 CLASS_LISTS = ("classes.txt", "labels.txt")
@@ -112,10 +112,9 @@ class VocDataset(Reader):
                              f"decoded {image.shape[1]}x{image.shape[0]} from {entry.image}")
         labels = np.array([self._class_of[name] for name in entry.names], np.int64)
         easy = ~entry.difficult
-        present = np.zeros(len(self.class_names), np.float32)
-        present[labels[easy]] = 1.0
+        label, present = image_targets(labels[easy], entry.boxes[easy], None, len(self.class_names))
         return RawRecord(
-            image=image, image_id=position, label=self._image_label(labels[easy], entry.boxes[easy]),
+            image=image, image_id=position, label=label,
             boxes=entry.boxes[easy], box_labels=labels[easy], multi_label=present,
             ignore_boxes=entry.boxes[entry.difficult], ignore_labels=labels[entry.difficult],
         )
@@ -128,14 +127,6 @@ class VocDataset(Reader):
             self.skip("images", ValueError(f"{entry.xml}: object[{i}].name: expected one of the classes "
                                            f"{self.class_names}, got {name!r}"))
         return not unknown
-
-    def _image_label(self, labels: np.ndarray, boxes: np.ndarray) -> int | None:
-        """As COCO without masks: the class with the largest total box area; ties: lowest index."""
-        if len(labels) == 0:
-            return None
-        areas = np.zeros(len(self.class_names))
-        np.add.at(areas, labels, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-        return int(np.argmax(areas))
 
     def _xml_files(self) -> tuple[Path, list[Path]]:
         """(VOC root, the split's XML files)."""

@@ -44,7 +44,7 @@ from datasets.coco_checks import is_inside
 from datasets.image_io import EXIF_ORIENTATION_TAG, IMAGE_SUFFIXES, ImagePolicy
 from datasets.images import files_inside
 from datasets.reader import BOXES, AnnotationIndex, Reader, count_per_class
-from datasets.record import RawRecord
+from datasets.record import RawRecord, image_targets
 from datasets.transforms import SampleTransform
 
 logger = logging.getLogger(__name__)
@@ -96,9 +96,10 @@ class YoloTxtDataset(Reader):
         objects = self.objects[position]
         boxes = (objects.boxes * [width, height, width, height]).astype(np.float32)
         mask = self._mask(objects, height, width) if self.has_masks else None
+        label, multi_label = image_targets(objects.classes, boxes, mask, len(self.class_names))
         return RawRecord(
-            image=image, image_id=position, label=self._image_label(objects.classes, boxes, mask), mask=mask,
-            boxes=boxes, box_labels=objects.classes.copy(), multi_label=self._multi_hot(objects.classes),
+            image=image, image_id=position, label=label, mask=mask,
+            boxes=boxes, box_labels=objects.classes.copy(), multi_label=multi_label,
             ignore_boxes=np.zeros((0, 4), np.float32), ignore_labels=np.zeros(0, np.int64),  # YOLO has none
         )
 
@@ -229,22 +230,6 @@ class YoloTxtDataset(Reader):
             drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([flat], height, width)))
             mask[drawn.astype(bool)] = cls + 1
         return mask
-
-    def _multi_hot(self, classes: np.ndarray) -> np.ndarray:
-        present = np.zeros(len(self.class_names), np.float32)
-        present[classes] = 1.0
-        return present
-
-    def _image_label(self, classes: np.ndarray, boxes: np.ndarray, mask: np.ndarray | None) -> int | None:
-        """As COCO: the class covering the largest visible area (box areas without a mask); ties: lowest index."""
-        if len(classes) == 0:
-            return None
-        areas = np.zeros(len(self.class_names))
-        if mask is not None:
-            areas = np.bincount(mask.ravel(), minlength=256)[1 : len(self.class_names) + 1].astype(float)
-        if not areas.any():
-            np.add.at(areas, classes, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-        return int(np.argmax(areas))
 
 
 def label_path(image: Path) -> Path:

@@ -83,6 +83,9 @@ def test_reads_the_same_samples_as_the_equivalent_coco_file(tmp_path):
     assert first.box_labels.tolist() == [1, 0] and first.ignore_labels.tolist() == [1]
     assert first.label == 0 and first.multi_label.tolist() == [1.0, 1.0]
     assert dataset[2].boxes.shape == (0, 4) and dataset[2].label is None
+    ours, theirs = dataset.annotation_index(), coco.annotation_index()  # what check-data counts without decoding
+    assert {k: v.tolist() for k, v in ours.counts.items()} == {k: v.tolist() for k, v in theirs.counts.items()}
+    assert ours.unlabelled == theirs.unlabelled == [2]
 
 
 def test_build_dataset_resizes_like_coco_and_a_voc_root_folder_picks_the_split(tmp_path):

@@ -91,6 +91,8 @@ def test_reads_the_same_samples_as_the_equivalent_coco_file(tmp_path, seg):
     background = dataset[2]  # no label file: an image without objects
     assert background.boxes.shape == (0, 4) and background.label is None and not background.multi_label.any()
     assert not seg or (background.mask == 0).all()
+    ours, theirs = dataset.annotation_index(), coco.annotation_index()  # what check-data counts without decoding
+    assert ours.counts["boxes"].tolist() == theirs.counts["boxes"].tolist() and ours.unlabelled == theirs.unlabelled
 
 
 def test_build_dataset_resizes_like_coco(tmp_path):
