@@ -114,6 +114,17 @@ def test_loss_terms_follow_the_paper():
     assert losses["coord"].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_cells_in_an_ignore_region_pay_no_noobj_penalty():
+    head = make_head(stride=32)
+    batch = detection_batch([[[0, 0, 32, 32]]], [[0]], [True])
+    outputs = empty_outputs(head, 1, 64)
+    raw, _ = head._split(outputs.grid)
+    raw[..., 4] = 0.0                      # every confidence 0.5: 7 unmatched predictors pay 0.5 * 0.25 each
+    batch.ignore_boxes = [torch.tensor([[32.0, 32.0, 64.0, 64.0]])]  # holds the centre of cell (1, 1)
+    batch.ignore_labels = [torch.tensor([2])]
+    assert head.loss(outputs, batch)["noobj"].item() == pytest.approx(0.5 * 5 * 0.25, rel=1e-4)
+
+
 @pytest.mark.parametrize("confidence_target, expected", [("iou", (0.5 - 0.25) ** 2), ("one", (0.5 - 1.0) ** 2)])
 def test_confidence_target_is_the_iou_or_one(confidence_target, expected):
     head = make_head(stride=32, boxes_per_cell=1, confidence_target=confidence_target)

