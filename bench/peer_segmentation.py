@@ -30,7 +30,6 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +41,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peer_common import epochs_for, markdown_table, ours_config, set_threads  # noqa: E402
+from peer_common import (epochs_for, markdown_table, ours_config, run_seeds, set_threads,  # noqa: E402
+                         write_results)
 
 OURS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "real" / "nuclei_unet.yaml"
 
@@ -248,23 +248,13 @@ def main() -> None:
           f"{epochs} epochs = {steps} steps for both (asked {args.steps})", flush=True)
     methods = {f"ours: MobileNetV2 + unet head (pipeline, format {args.format})": "ours",
                "peer: smp.Unet mobilenet_v2, percentile-stretched 16-bit": "peer"}
-    results: dict[str, list[dict]] = {}
-    for method, key in methods.items():
-        if args.only and key != args.only:
-            continue
-        for seed in range(args.seeds):
-            with tempfile.TemporaryDirectory() as scratch:
-                print(f"{key}, seed {seed}", flush=True)
-                run = (run_ours(args.data, args, epochs, seed, Path(scratch)) if key == "ours"
-                       else run_peer(args.data, args, steps, seed))
-            print(f"  {json.dumps(run)}", flush=True)
-            results.setdefault(method, []).append({"seed": seed, **run})
+    results = run_seeds(methods, args.only, args.seeds,
+                        lambda key, seed, scratch: run_ours(args.data, args, epochs, seed, scratch) if key == "ours"
+                        else run_peer(args.data, args, steps, seed))
     print(f"\nNuclei (data/real/nuclei16, 16-bit): {len(train_images)} train tiles, image size {args.image_size}, "
           f"batch {args.batch_size}, {steps} steps, seeds {args.seeds}; torchmetrics JaccardIndex on the val tiles\n")
     print(markdown_table(COLUMNS, results))
-    if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "steps": steps,
-                                        "epochs_ours": epochs, "results": results}, indent=2))
+    write_results(args.out, args, steps, epochs, results)
 
 
 if __name__ == "__main__":
