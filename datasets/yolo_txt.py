@@ -80,6 +80,9 @@ class YoloTxtDataset(Reader):
         self._read_split(self._split_images(config, split, images_root), split)
         polygons = [p is not None for objects in self.objects for p in objects.polygons]
         self.has_masks = bool(polygons) and all(polygons)
+        if any(polygons) and not self.has_masks:
+            logger.warning("%s: split %s: %d of %d objects are polygons, the rest boxes; the split has no masks "
+                           "(a box's pixels are unknown)", self.annotations, split, sum(polygons), len(polygons))
         if self.has_masks and len(self.class_names) > MAX_MASK_CLASSES:
             raise ValueError(f"{self.annotations}: names: expected at most {MAX_MASK_CLASSES} classes for polygon "
                              f"masks (0 = background, 255 = ignore), got {len(self.class_names)}")

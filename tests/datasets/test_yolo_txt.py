@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -205,11 +206,13 @@ def test_coordinates_a_hair_outside_are_clipped_and_an_empty_file_is_background(
     assert dataset[1].boxes.shape == (0, 4) and dataset[1].label is None
 
 
-def test_one_box_line_makes_the_masks_missing(tmp_path):
+def test_one_box_line_makes_the_masks_missing_and_says_so(tmp_path, caplog):
     data = write_yolo(tmp_path)
     (tmp_path / "labels/val/b.txt").write_text("1 0.5 0.5 0.5 0.5\n")
-    dataset = YoloTxtDataset(data, split="val")
+    with caplog.at_level(logging.WARNING, logger="datasets.yolo_txt"):
+        dataset = YoloTxtDataset(data, split="val")
     assert not dataset.has_masks and dataset[0].mask is None and dataset[0].boxes.shape == (2, 4)
+    assert "the split has no masks" in caplog.text
 
 
 def test_the_training_split_class_list_must_match(tmp_path):
