@@ -8,10 +8,12 @@ file and how to provide it.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -92,9 +94,36 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class WeightsFileError(ValueError):
+    """A weights or checkpoint file that cannot be read safely; the message names the file and why."""
+
+
+UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def read_torch_file(path: str | Path) -> Any:
+    """What torch.save wrote, with weights_only=True: tensors and plain data, never unpickled code. A file that
+    is empty, truncated, of another kind, or holding other Python objects is a WeightsFileError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise WeightsFileError(f"{path}: the file is empty; expected a file written by torch.save")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, UnicodeDecodeError) as error:
+        unsafe = UNSAFE_GLOBAL.search(str(error))
+        if unsafe:
+            raise WeightsFileError(
+                f"{path}: holds a Python object of class {unsafe.group(1)}, not only tensors and plain data; it "
+                "is not loaded, since unpickling it could run any code. Save a state_dict instead") from None
+        raise WeightsFileError(f"{path}: not a file torch.save wrote, or truncated "
+                               f"({type(error).__name__} while reading it)") from None
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a local file, executing no pickled code."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    state = read_torch_file(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # one of our training checkpoints
     if not isinstance(state, dict):

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from backbones.weights import WeightsFileError, read_torch_file
+
 
 @contextmanager
 def _replaced_atomically(path: Path) -> Iterator[str]:
@@ -44,7 +46,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path)
+    if not isinstance(state, dict) or "model" not in state:
+        raise WeightsFileError(f"{path}: expected a training checkpoint of this pipeline (a mapping with 'model', "
+                               f"'config', ...), got {type(state).__name__}"
+                               + (f" with keys {sorted(map(str, state))[:6]}" if isinstance(state, dict) else ""))
+    return state
 
 
 class CheckpointFolder:

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from backbones.weights import WeightsFileError
 from pipeline.config import load_config
 from pipeline.report import metrics_table
 from pipeline.typed_config import ConfigError, DataCheckError
@@ -148,9 +149,9 @@ COMMANDS = {"train": train, "compare": compare, "eval": evaluate, "summary": sum
             "replay": replay, "check-data": check_data}
 # Errors a user causes (bad config, missing file, unknown name or task) print one line and exit 2; the
 # commands that only read names and files treat ValueError as such too, training lets it show its traceback.
-USER_ERRORS = {"train": (ConfigError, FileNotFoundError, DataCheckError),
-               "compare": (ConfigError, FileNotFoundError, DataCheckError),
-               "eval": (ConfigError, FileNotFoundError),
+USER_ERRORS = {"train": (ConfigError, FileNotFoundError, DataCheckError, WeightsFileError),
+               "compare": (ConfigError, FileNotFoundError, DataCheckError, WeightsFileError),
+               "eval": (ConfigError, FileNotFoundError, WeightsFileError),
                "summary": (ConfigError, FileNotFoundError, ValueError),
                "sample": (ConfigError, FileNotFoundError, ValueError),
                "replay": (FileNotFoundError, ValueError, ConnectionError),

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from datasets.image_io import ImagePolicy
 from datasets.mixture import MixtureSource
 from datasets.transforms import AugmentOptions
 from heads.registry import HEADS, head_class
+from pipeline.config_ranges import check_ranges
 from pipeline.typed_config import ConfigError, check_keys, convert, from_dict
 from pipeline.yaml_loader import safe_load
 from pipeline.weighting.registry import WeightingConfig, parse_weighting, weighting_to_dict
@@ -238,6 +241,7 @@ def parse_config(raw: dict, source: str = "config") -> Config:
     config = from_dict(Config, raw, "", source)
     config.model.heads, config.model.weighting = heads, weighting
     check_data(config.data, source)
+    check_ranges(config, source)
     return config
 
 
@@ -254,15 +258,30 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a mapping")
-        node[parts[-1]] = safe_load(value)
+        node[parts[-1]] = parse_yaml(value, f"override {item!r}")
     return raw
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(path)
-    with path.open() as f:
-        raw = safe_load(f) or {}
+    raw = parse_yaml(path.read_text(), str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...), "
+                          f"got {type(raw).__name__} {raw!r:.60}")
     return parse_config(apply_overrides(raw, list(overrides)), source=str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML, or one line naming the source, line and column of the first syntax error."""
+    try:
+        return safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
 
 
 def config_to_dict(config: Config) -> dict:

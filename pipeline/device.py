@@ -35,6 +35,7 @@ def select_precision(amp: str, device: torch.device) -> Precision:
     if amp == "auto":
         if device.type != "cuda":
             return Precision(None, device.type)
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Emulated bf16 (V100, T4) runs far slower than fp16 with loss scaling: only native bf16 counts.
+        amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     return Precision(dtypes[amp], device.type)

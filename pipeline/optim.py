@@ -18,10 +18,7 @@ def check_optimizer(config: OptimizerConfig) -> None:
         raise ConfigError(f"train.optimizer.name: expected one of {', '.join(OPTIMIZERS)}, got {config.name!r}")
     if config.penalty not in PENALTIES:
         raise ConfigError(f"train.optimizer.penalty: expected one of {', '.join(PENALTIES)}, got {config.penalty!r}")
-    if config.weight_decay < 0:
-        raise ConfigError(f"train.optimizer.weight_decay: expected >= 0, got {config.weight_decay}")
-    if not 0 <= config.l1_ratio <= 1:
-        raise ConfigError(f"train.optimizer.l1_ratio: expected 0 <= l1_ratio <= 1, got {config.l1_ratio}")
+    # Ranges (weight_decay >= 0, l1_ratio in [0, 1]) are checked when the config is parsed: config_ranges.py
 
 
 def build_optimizer(model: MultiTaskModel, config: OptimizerConfig, backbone: BackboneConfig) -> torch.optim.Optimizer:

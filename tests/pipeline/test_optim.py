@@ -257,7 +257,7 @@ def test_only_the_l2_penalty_is_the_optimizers_weight_decay(penalty_name, decay)
 
 
 def test_bad_optimizer_fields_name_the_field():
-    with pytest.raises(ConfigError, match=r"train\.optimizer\.l1_ratio: expected 0 <= l1_ratio <= 1, got 1.5"):
+    with pytest.raises(ConfigError, match=r"train\.optimizer\.l1_ratio: expected a ratio in \[0, 1\], got 1.5"):
         built({"penalty": "elastic_net", "l1_ratio": 1.5})
 
 
