@@ -63,7 +63,12 @@ class CheckpointFolder:
         self.last, self.best = self.folder / "last.pt", self.folder / "best.pt"
 
     def write(self, state: dict[str, Any], global_step: int, is_best: bool) -> Path:
-        save_checkpoint(state, self.last)
+        try:
+            save_checkpoint(state, self.last)
+        except OSError as error:
+            kept = f"the previous one is kept: {self.last}" if self.last.exists() else "no earlier checkpoint exists"
+            raise OSError(f"could not write the checkpoint of step {global_step} to {self.last} ({error}); "
+                          f"{kept}") from error
         if is_best:
             atomic_copy(self.last, self.best)
         if self.keep_last > 0:

@@ -132,6 +132,9 @@ class Trainer:
         first_epoch = self.position.epoch
         while self.position.epoch < self.config.train.epochs and not stopped_early:
             train_logs = self.train_epoch(self.position.epoch)
+            # The trained epoch is on disk before validation: a fault there costs the validation, not the
+            # epoch (resuming from this checkpoint validates and goes on).
+            self.save(metrics={}, is_best=False)
             self.weighting.epoch_end({task: train_logs.get(f"epoch/train/{task}/loss", 0.0)
                                       for task in self.config.model.heads})
             evaluation = self.validate()
@@ -300,7 +303,7 @@ class Trainer:
 
     def save_every_n_steps(self) -> None:
         every = self.config.train.checkpoint.every_steps
-        # The epoch's last step is saved by fit() after validation.
+        # The epoch's last step is saved by fit(), before and after validation.
         if every and self.position.global_step % every == 0 and self.position.step_in_epoch < self.steps_per_epoch:
             self.save(metrics={}, is_best=False)
 

@@ -2,7 +2,7 @@
 it is not, exit 2, never suggest weights_only=False (which would run the file's code), and write nothing."""
 from __future__ import annotations
 
-import os
+import random
 
 import pytest
 import torch
@@ -21,8 +21,8 @@ def write_bad(path, kind: str) -> None:
     elif kind == "truncated":
         torch.save({"model": {"w": torch.zeros(64)}}, path)
         path.write_bytes(path.read_bytes()[:200])
-    elif kind == "random bytes":
-        path.write_bytes(os.urandom(2000))
+    elif kind.startswith("random bytes"):
+        path.write_bytes(random.Random(kind).randbytes(2000))
     elif kind == "text":
         path.write_text("model: not a checkpoint\n")
     elif kind == "pickled object":
@@ -31,7 +31,8 @@ def write_bad(path, kind: str) -> None:
         torch.save(torch.zeros(3), path)
 
 
-KINDS = {"empty": "empty", "truncated": "truncated", "random bytes": "not a file torch.save wrote",
+KINDS = {"empty": "empty", "truncated": "truncated",
+         **{f"random bytes {seed}": "not a file torch.save wrote" for seed in range(12)},
          "text": "not a file torch.save wrote", "pickled object": "NotATensor",
          "plain tensor": "expected a training checkpoint"}
 

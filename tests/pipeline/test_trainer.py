@@ -117,3 +117,47 @@ def test_an_unknown_monitor_metric_is_a_clear_error(tmp_path):
     trainer = trainer_for(tmp_path, clean_batches(2), monitor="val/cls/acuracy")
     with pytest.raises(ValueError, match="train.monitor: 'val/cls/acuracy' is not a logged metric"):
         trainer.fit()
+
+
+class FailingValidation:
+    """A validation split whose images cannot be read (found only when validation runs)."""
+
+    def __iter__(self):
+        raise OSError("val/broken.png: cannot identify image file")
+
+
+def test_a_validation_fault_keeps_the_trained_epoch_and_resuming_validates_and_goes_on(tmp_path):
+    straight = trainer_for(tmp_path / "straight", clean_batches(3), epochs=2)
+    straight.fit()
+    faulty = trainer_for(tmp_path / "faulty", clean_batches(3), epochs=2)
+    val_loader, faulty.val_loader = faulty.val_loader, FailingValidation()
+    with pytest.raises(OSError, match="broken.png"):
+        faulty.fit()
+    kept = load_checkpoint(tmp_path / "faulty" / "last.pt")
+    assert kept["position"]["global_step"] == 3 and kept["position"]["step_in_epoch"] == 3   # epoch 1, trained
+    resumed = trainer_for(tmp_path / "faulty", clean_batches(3), epochs=2)
+    resumed.val_loader = val_loader
+    resumed.restore(kept)
+    result = resumed.fit()
+    def learned(history):  # what the run learned and measured, without its timings
+        return [{k: v for k, v in logs.items() if not k.startswith("system/")} for logs in history]
+
+    assert learned(result.history) == learned(straight.history)
+    assert all(torch.equal(v, straight.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_where(tmp_path, monkeypatch):
+    trainer = trainer_for(tmp_path, clean_batches(2), epochs=2)
+    trainer.config.train.epochs = 1
+    trainer.fit()
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def full_disk(state, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pipeline.checkpoint.save_checkpoint", full_disk)
+    trainer.config.train.epochs = 2
+    with pytest.raises(OSError, match=r"could not write the checkpoint of step 4 .*No space left.*previous one is kept: "
+                                      + str(tmp_path / "last.pt")):
+        trainer.fit()
+    assert (tmp_path / "last.pt").read_bytes() == before
