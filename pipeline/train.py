@@ -23,6 +23,7 @@ from pipeline.distributed import DistInfo, barrier, broadcast_from_main, init_di
 from pipeline.model import build_model
 from pipeline.plots import run_figures
 from pipeline.pretrained import with_local_weights
+from pipeline.resume_check import check_resumable
 from pipeline.run_tags import run_tags
 from pipeline.seeding import seed_everything, set_deterministic
 from pipeline.tracking import Tracker, resolve_uri
@@ -73,6 +74,8 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
     summary = summarize(splits.train, config.data.image_size, config.data.resize)
     for head in model.heads.values():
         head.fit_data(summary)
+    if resume:  # before the run it names is reopened, written to or marked: a wrong checkpoint changes nothing
+        check_resumable(resume.checkpoint, resume.state, config, splits.class_names, model)
     tracker = Tracker(config.tracking) if dist.is_main else None
     run_id = broadcast_from_main(start_run(tracker, config, resume, tags), dist)
     output_dir = resume.checkpoint.parent if resume else Path(config.output_dir) / config.name / run_id
