@@ -103,6 +103,9 @@ def _image_problem(entry: object, where: str, images_root: Path) -> Exception | 
     path = images_root / file_name
     if not path.is_file():
         return FileNotFoundError(f"{where}.file_name: expected an existing image file, {path} not found")
+    if not path.resolve().is_relative_to(images_root.resolve()):  # the policy of every reader: see is_inside
+        return ValueError(f"{where}.file_name: {path} resolves outside the images root {images_root.resolve()} "
+                          "(a symlink leading out of the dataset)")
     return None
 
 
@@ -110,7 +113,8 @@ def is_inside(file_name: str) -> bool:
     """True if file_name stays inside the folder it is joined to.
 
     Lexical on purpose: an images folder that is a symlink to another disk is
-    common and legitimate; '..' and absolute paths in a label file are not.
+    common and legitimate; '..' and absolute paths in a label file are not. A file inside the folder whose
+    real path leaves it (a symlink out) is refused separately, as by every reader.
     """
     normal = os.path.normpath(file_name)
     return not os.path.isabs(normal) and normal != ".." and not normal.startswith(".." + os.sep)

@@ -18,6 +18,20 @@ def test_file_name_outside_the_images_root_is_rejected_even_if_it_exists(tmp_pat
     assert file_name in str(error.value)
 
 
+def test_a_symlink_out_of_the_images_root_is_refused_or_skipped_but_a_symlinked_root_reads(tmp_path, kit):
+    kit.write_image(tmp_path / "elsewhere/secret.png", 32, 32)
+    path = kit.write(tmp_path / "data", [kit.image(1), kit.image(2)], [])
+    (tmp_path / "data/img/2.png").unlink()
+    (tmp_path / "data/img/2.png").symlink_to(tmp_path / "elsewhere/secret.png")
+    with pytest.raises(ValueError, match=r"images\[1\]\.file_name: .*2.png resolves outside the images root"):
+        CocoDataset(path)
+    assert len(CocoDataset(path, skip_invalid=True)) == 1
+    (tmp_path / "linked").symlink_to(tmp_path / "data", target_is_directory=True)   # the whole root elsewhere
+    (tmp_path / "data/img/2.png").unlink()
+    kit.write_image(tmp_path / "data/img/2.png", 32, 32)
+    assert len(CocoDataset(tmp_path / "linked/annotations.json")) == 2
+
+
 def test_missing_image_file_names_the_entry_and_the_file(tmp_path, kit):
     path = kit.write(tmp_path, [kit.image(1)], [])
     (tmp_path / "img/1.png").unlink()
