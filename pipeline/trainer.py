@@ -238,6 +238,13 @@ class Trainer:
             return {}
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if not math.isfinite(grad_norm):
+            # An fp16 overflow: GradScaler skipped the update and lowered its scale. Nothing else advances
+            # either (schedule, EMA, loss weights), and the step is not counted as one that trained.
+            self.position = dataclasses.replace(self.position, skipped_steps=self.position.skipped_steps + 1)
+            log.info("step %d: fp16 gradient overflow, step skipped; loss scale now %g",
+                     self.position.global_step + 1, self.scaler.get_scale())
+            return {}
         self.weighting.after_step()
         self.scheduler.step()
         if self.ema:

@@ -161,3 +161,20 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_where(tmp_pat
                                       + str(tmp_path / "last.pt")):
         trainer.fit()
     assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_an_fp16_overflow_skips_the_whole_step_schedule_ema_and_count_included(tmp_path):
+    trainer = trainer_for(tmp_path, clean_batches(2), ema_decay=0.5, scheduler={"name": "cosine", "warmup_epochs": 0})
+    trainer.precision = select_precision("fp16", torch.device("cpu"))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)   # the scaled loss overflows
+    before, ema_before = weights(trainer), {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+    schedule_before, lr_before = trainer.scheduler.state_dict(), trainer.group_lr("heads")
+    assert trainer.optimizer_step([make_batch(size=32, batch=4, seed=0)]) == {}
+    assert trainer.scaler.get_scale() < 2.0 ** 127                          # GradScaler backed off
+    assert all(torch.equal(before[k], v) for k, v in weights(trainer).items())
+    assert all(torch.equal(ema_before[k], v) for k, v in trainer.ema.module.state_dict().items())
+    assert trainer.scheduler.state_dict() == schedule_before and trainer.group_lr("heads") == lr_before
+    assert trainer.position.skipped_steps == 1 and trainer.position.bad_steps == 0
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)             # a scale that fits: it trains
+    assert trainer.optimizer_step([make_batch(size=32, batch=4, seed=0)]) != {}
+    assert trainer.scheduler.state_dict() != schedule_before
