@@ -1,8 +1,9 @@
 """Shared by bench/real_data.py, bench/peer_detection.py and bench/peer_segmentation.py.
 
 Locating the data packages (without importing them), our side's config (the shipped configs/real/*.yaml
-pointed at the benchmark's data and budget), scoring detections with pycocotools, the seed loop, the Markdown
-table and the results file. Nothing here trains: the benchmarks pass their training functions in.
+pointed at the benchmark's data and budget), the peers' plain PyTorch step loop, scoring detections with
+pycocotools, the seed loop, the Markdown table and the results file. The models, losses and recipes are the
+benchmarks' own.
 """
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import contextlib
 import importlib.metadata
 import io
 import json
+import math
+import random
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +42,39 @@ def set_threads(count: int = 2) -> None:
     import torch
 
     torch.set_num_threads(count)
+
+
+# ---- the peers: what a user's own PyTorch script does ---------------------------------------------------------------
+
+def seed_peer(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def train_steps(loader: Any, steps: int, batch_loss: Callable[[Any], Any], optimizer: Any, schedule: Any
+                ) -> tuple[float, int]:
+    """Epoch after epoch over `loader` until `steps` optimiser steps, one per batch (`batch_loss(batch)` is the
+    batch's loss), the schedule stepped with each; stops at a non-finite loss. Returns (seconds, steps)."""
+    start, step = time.perf_counter(), 0
+    while step < steps:
+        for batch in loader:
+            loss = batch_loss(batch)
+            if not math.isfinite(loss.item()):
+                raise RuntimeError(f"peer: non-finite loss at step {step}")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if step % 50 == 0 or step == steps:
+                print(f"  peer step {step}/{steps} loss {loss.item():.3f}", flush=True)
+            if step == steps:
+                break
+    return time.perf_counter() - start, step
 
 
 # ---- our side: the shipped config, pointed at the data and the budget ---------------------------------------------

@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
 import sys
-import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 import yaml
 
@@ -40,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peer_common import (coco_scores, epochs_for, markdown_table, ours_config, run_seeds,  # noqa: E402
-                         set_threads, write_results)
+                         seed_peer, set_threads, train_steps, write_results)
 
 OURS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "real" / "trees_yolo.yaml"
 
@@ -118,9 +114,7 @@ def build_peer(image_size: int) -> torch.nn.Module:
 
 
 def run_peer(data: Path, args, steps: int, seed: int) -> dict:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
+    seed_peer(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     coco = data / "coco"
     train = CocoBoxes(coco / "annotations" / "instances_train.json", coco / "images" / "train", hflip=True)
@@ -141,24 +135,14 @@ def run_peer(data: Path, args, steps: int, seed: int) -> dict:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     model.train()
-    start, step = time.perf_counter(), 0
-    while step < steps:
-        for images, targets in loader:
-            images = [image.to(device) for image in images]
-            targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-            loss = sum(model(images, targets).values())
-            if not math.isfinite(loss.item()):
-                raise RuntimeError(f"peer: non-finite loss at step {step}")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if step % 50 == 0 or step == steps:
-                print(f"  peer step {step}/{steps} loss {loss.item():.3f}", flush=True)
-            if step == steps:
-                break
-    seconds = time.perf_counter() - start
+
+    def batch_loss(batch) -> torch.Tensor:
+        images, targets = batch
+        images = [image.to(device) for image in images]
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        return sum(model(images, targets).values())
+
+    seconds, step = train_steps(loader, steps, batch_loss, optimizer, schedule)
     val_json = coco / "annotations" / "instances_val.json"
     val = CocoBoxes(val_json, coco / "images" / "val", hflip=False)
     model.eval()

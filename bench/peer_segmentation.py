@@ -27,10 +27,7 @@ read as 8-bit arrives black (max ~0).
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -41,8 +38,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peer_common import (epochs_for, markdown_table, ours_config, run_seeds, set_threads,  # noqa: E402
-                         write_results)
+from peer_common import (epochs_for, markdown_table, ours_config, run_seeds, seed_peer,  # noqa: E402
+                         set_threads, train_steps, write_results)
 
 OURS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "real" / "nuclei_unet.yaml"
 
@@ -183,9 +180,7 @@ def build_peer() -> tuple[torch.nn.Module, int]:
 def run_peer(data: Path, args, steps: int, seed: int) -> dict:
     import segmentation_models_pytorch as smp
 
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
+    seed_peer(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, loaded = build_peer()
     model = model.to(device)
@@ -198,23 +193,14 @@ def run_peer(data: Path, args, steps: int, seed: int) -> dict:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     dice = smp.losses.DiceLoss(mode="multiclass")
     model.train()
-    start, step = time.perf_counter(), 0
-    while step < steps:
-        for images, masks, _ in loader:
-            images = ((images - IMAGENET_MEAN) / IMAGENET_STD).to(device)
-            masks = masks.to(device)
-            logits = model(images)
-            loss = F.cross_entropy(logits, masks) + 0.5 * dice(logits, masks)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if step % 50 == 0 or step == steps:
-                print(f"  peer step {step}/{steps} loss {loss.item():.3f}", flush=True)
-            if step == steps:
-                break
-    seconds = time.perf_counter() - start
+
+    def batch_loss(batch) -> torch.Tensor:
+        images, masks, _ = batch
+        logits = model(((images - IMAGENET_MEAN) / IMAGENET_STD).to(device))
+        masks = masks.to(device)
+        return F.cross_entropy(logits, masks) + 0.5 * dice(logits, masks)
+
+    seconds, step = train_steps(loader, steps, batch_loss, optimizer, schedule)
     model.eval()
     iou = IoU()
     val = MaskFolder(data / "masks" / "val", args.image_size, hflip=False)
