@@ -43,10 +43,7 @@ def atomic_copy(source: Path, target: Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = read_torch_file(path)
+    state = read_torch_file(path)   # FileNotFoundError naming the path when it is not there
     if not isinstance(state, dict) or "model" not in state:
         raise WeightsFileError(f"{path}: expected a training checkpoint of this pipeline (a mapping with 'model', "
                                f"'config', ...), got {type(state).__name__}"

@@ -98,10 +98,6 @@ def check_data(data: DataConfig, source: str) -> None:
     if isinstance(data.intensity, list) and (len(data.intensity) != 2 or not data.intensity[1] > data.intensity[0]):
         raise ConfigError(f"{source}: data.intensity: expected auto, dataset or a range [lo, hi] with hi > lo, "
                           f"got {data.intensity}")
-    if data.channels < 1:
-        raise ConfigError(f"{source}: data.channels: expected a positive number of channels, got {data.channels}")
-    if not 0.0 <= data.alpha_background <= 1.0:
-        raise ConfigError(f"{source}: data.alpha_background: expected a grey level in [0, 1], got {data.alpha_background}")
 
 
 @dataclass

@@ -45,6 +45,8 @@ def data_checks(config: Config) -> list[Check]:
         ("data.image_size", data.image_size, at_least(MIN_IMAGE_SIZE), f"an integer >= {MIN_IMAGE_SIZE} pixels"),
         ("data.num_workers", data.num_workers, at_least(0), "an integer >= 0 (0: load in the main process)"),
         ("data.epoch_length", data.epoch_length, lambda v: v is None or v >= 1, "null or an integer >= 1"),
+        ("data.channels", data.channels, at_least(1), "a positive number of channels"),
+        ("data.alpha_background", data.alpha_background, within(0.0, 1.0), "a grey level in [0, 1]"),
         ("data.augment.hflip_p", augment.hflip_p, *probability),
         ("data.augment.affine_p", augment.affine_p, *probability),
         ("data.augment.color_p", augment.color_p, *probability),

@@ -53,6 +53,12 @@ def test_eval_names_the_file_and_what_it_is_not(tmp_path, capsys, kind):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+def test_eval_of_a_missing_checkpoint_names_it(tmp_path, capsys):
+    status = main(["eval", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "eval")])
+    assert_named(status, capsys.readouterr().err, tmp_path / "nothing.pt", "no such file")
+    assert list(tmp_path.iterdir()) == []
+
+
 def tiny_config(tmp_path, **backbone) -> str:
     config = {"name": "faults", "output_dir": str(tmp_path / "runs"),
               "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},

@@ -42,6 +42,8 @@ def assert_nothing_written(tmp_path) -> None:
     ("data.batch_size=-2", "data.batch_size", ">= 1"),
     ("data.image_size=0", "data.image_size", ">= 32"),
     ("data.num_workers=-1", "data.num_workers", ">= 0"),
+    ("data.channels=0", "data.channels", "a positive number of channels"),
+    ("data.alpha_background=1.5", "data.alpha_background", "a grey level in [0, 1]"),
     ("data.augment.hflip_p=1.5", "data.augment.hflip_p", "[0, 1]"),
     ("data.augment.scale=[1.2,0.8]", "data.augment.scale", "low <= high"),
     ("train.accumulate=0", "train.accumulate", ">= 1"),
