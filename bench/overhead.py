@@ -321,7 +321,7 @@ def bench_mlflow(setup: Setup, rounds: int) -> tuple[Comparison, float, dict[str
     end = timed(tracker.end)
     comparison = Comparison("MLflow on vs off", "tracker=None", "Tracker, sqlite, log_every=1", setup.sizes,
                             base, cand, 0.99)
-    return comparison, end, trainer.step_history[-1][1]
+    return comparison, end, trainer.last_step
 
 
 def logging_cost(setup: Setup, values: dict[str, float], folder: str, pace: float, steps: int = 60) -> LoggingCost:

@@ -60,7 +60,7 @@ def run_ours(data: Path, args, epochs: int, seed: int, scratch: Path) -> dict:
                                out_dir=scratch / f"eval_ours_{seed}")
     detections = json.loads((out / "detections.json").read_text()) if (out / "detections.json").exists() else []
     scores = coco_scores(Path(splits["val"]["annotations"]), detections)
-    steps = max((step for step, _ in result.step_history), default=0)
+    steps = result.position.global_step - result.position.skipped_steps     # steps that trained
     return {**scores, "seconds": result.seconds, "steps": steps,
             "pipeline_val_mAP": evaluation.metrics.get("det/mAP", float("nan"))}
 

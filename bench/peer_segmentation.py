@@ -110,7 +110,7 @@ def run_ours(data: Path, args, epochs: int, seed: int, scratch: Path) -> dict:
                 if sample.mask is not None:   # the pipeline's reading of the labels must agree with the PNG
                     mismatched += int((sample.mask != target).sum())
             iou.update(prediction, target, sample.image)
-    steps = max((step for step, _ in result.step_history), default=0)
+    steps = result.position.global_step - result.position.skipped_steps     # steps that trained
     return {**iou.result(), "seconds": result.seconds, "steps": steps, "label_pixels_differing": mismatched,
             "pipeline_val_mIoU": result.evaluation.metrics.get("seg/mIoU", float("nan"))}
 

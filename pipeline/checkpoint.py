@@ -1,6 +1,7 @@
 """Checkpoints: written atomically, read without executing pickled code; last, best and the last K."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 
 from backbones.weights import WeightsFileError, read_torch_file
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -76,6 +79,25 @@ class CheckpointFolder:
 
     def step_files(self) -> list[Path]:
         return sorted(self.folder.glob("step-*.pt"), key=lambda p: int(p.stem.removeprefix("step-")))
+
+
+def newest_readable_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
+    """`path` and its state; when it cannot be read, the newest readable checkpoint in its folder (step-N.pt,
+    best.pt), with a warning. Raises the original error when none is readable; FileNotFoundError when `path`
+    is not there at all (a wrong path is not a damaged run)."""
+    try:
+        return path, load_checkpoint(path)
+    except WeightsFileError as error:
+        for candidate in sorted((p for p in Path(path).parent.glob("*.pt") if p != Path(path)),
+                                key=lambda p: p.stat().st_mtime, reverse=True):
+            try:
+                state = load_checkpoint(candidate)
+            except WeightsFileError:
+                continue
+            log.warning("%s; resuming from %s instead, the newest readable checkpoint beside it (step %d)",
+                        error, candidate, state["position"]["global_step"])
+            return candidate, state
+        raise WeightsFileError(f"{error}; no other readable checkpoint in {Path(path).parent}") from error
 
 
 def latest_checkpoint(runs_folder: Path) -> Path | None:

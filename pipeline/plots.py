@@ -15,6 +15,7 @@ from torch import Tensor
 
 from datasets.sample import Batch
 from pipeline.model import MultiTaskModel
+from pipeline.run_log import MetricRecord
 
 MAX_IMAGES = 4
 MAX_BOXES = 20                          # per image, most confident first: more only hides the image
@@ -22,16 +23,16 @@ MASK_ALPHA = 0.45
 CELL_INCHES = 2.6
 
 
-def loss_curves(history: list[tuple[int, dict[str, float]]]) -> Figure:
-    """One line per loss ("train/loss", "train/cls/loss", ...: every key ending in "loss") against the
-    step; log scale when every value is positive, as task losses differ by orders of magnitude."""
+def loss_curves(metrics: list[MetricRecord]) -> Figure:
+    """One line per per-step loss ("train/loss", "train/cls/loss", ...: every "train/" key ending in "loss")
+    against the step, from the run's logged values; log scale when every value is positive, as task losses
+    differ by orders of magnitude."""
     series: dict[str, tuple[list[int], list[float]]] = {}
-    for step, values in history:
-        for key, value in values.items():
-            if key.endswith("loss") and math.isfinite(value):
-                steps, points = series.setdefault(key, ([], []))
-                steps.append(step)
-                points.append(value)
+    for metric in sorted(metrics, key=lambda m: m.step):
+        if metric.key.startswith("train/") and metric.key.endswith("loss") and math.isfinite(metric.value):
+            steps, points = series.setdefault(metric.key, ([], []))
+            steps.append(metric.step)
+            points.append(metric.value)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.add_subplot()
     for key, (steps, points) in sorted(series.items()):
@@ -168,11 +169,12 @@ def _name(class_names: list[str], index: int) -> str:
     return class_names[index] if 0 <= index < len(class_names) else str(index)
 
 
-def run_figures(step_history: list[tuple[int, dict[str, float]]], confusion_matrices: dict[str, Tensor],
+def run_figures(metrics: list[MetricRecord], confusion_matrices: dict[str, Tensor],
                 model: MultiTaskModel, val_batch: Batch, class_names: list[str]) -> dict[str, Figure]:
-    """Every figure of a finished run, by artifact path: plots/losses.png, plots/confusion/<task>.png
-    (one per classification task) and plots/predictions.png (the model's predictions on `val_batch`)."""
-    figures = {"plots/losses.png": loss_curves(step_history)}
+    """Every figure of a finished run, by artifact path: plots/losses.png (from the run's logged `metrics`),
+    plots/confusion/<task>.png (one per classification task) and plots/predictions.png (the model's
+    predictions on `val_batch`)."""
+    figures = {"plots/losses.png": loss_curves(metrics)}
     for task, matrix in confusion_matrices.items():
         figures[f"plots/confusion/{task}.png"] = confusion_matrix_figure(matrix, class_names)
     figures["plots/predictions.png"] = model_prediction_figure(model, val_batch, class_names)

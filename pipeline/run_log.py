@@ -123,6 +123,14 @@ def read_run_log(path: Path) -> RunRecord:
     return record
 
 
+def last_logged_steps(path: Path) -> dict[str, int]:
+    """Each metric key's last logged step."""
+    last: dict[str, int] = {}
+    for metric in read_run_log(path).metrics:
+        last[metric.key] = max(metric.step, last.get(metric.key, metric.step))
+    return last
+
+
 def _apply(record: RunRecord, event: dict[str, Any]) -> None:
     kind = event.get("event")
     if kind == "metrics":

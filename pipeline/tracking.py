@@ -32,7 +32,7 @@ from mlflow.utils.time import get_current_time_millis
 from pipeline.config import TrackingConfig
 from pipeline.metric_sender import MAX_BATCH, MetricSender
 from pipeline.mlflow_http import HttpLimits, bounded_http, short_error
-from pipeline.run_log import RunLog
+from pipeline.run_log import RunLog, last_logged_steps
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class Tracker:
         self.run_id: str | None = None
         self.online = False             # False: the store was unreachable at start; everything stays local
         self._local = RunLog()
+        self._logged_before: dict[str, int] = {}   # key -> last step the local copy had before this run
         self._sender: MetricSender | None = None
         self._logged = 0                # metric values logged: all unsent when the run is local only
         self._ended = False
@@ -162,8 +163,14 @@ class Tracker:
 
     def keep_local_copy(self, path: Path) -> None:
         """Append every metric (and the params and tags, once) to `path` (the run folder's metrics.jsonl);
-        whatever was logged before this call is written now."""
-        self._local.open(Path(path))
+        whatever was logged before this call is written now.
+
+        A resumed run finds the killed run's values there. The steps between its last checkpoint and the kill
+        are trained again; their values are not logged again (each key is logged at increasing steps, so a
+        step up to the key's last logged one has its value), and the run keeps one value per key and step."""
+        path = Path(path)
+        self._logged_before = last_logged_steps(path) if path.is_file() else {}
+        self._local.open(path)
 
     def end(self, status: str = "FINISHED") -> None:
         """Send what is queued (waiting at most `flush_timeout` for an unreachable store), then mark the run
@@ -198,7 +205,9 @@ class Tracker:
         """Queue the values and return; never blocks on the network. NaN and infinities are fine."""
         if self._ended:
             raise RuntimeError(f"run {self.run_id}: log_metrics after end()")
-        values = {key: float(value) for key, value in metrics.items()}
+        values = {key: float(value) for key, value in metrics.items() if step > self._logged_before.get(key, -1)}
+        if not values:
+            return
         stamp = get_current_time_millis()
         self._logged += len(values)
         self._local.append({"event": "metrics", "step": step, "timestamp": stamp, "values": values})

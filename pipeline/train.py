@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import yaml
 
 from datasets.summary import summarize
 from pipeline.check_data import require_trainable
-from pipeline.checkpoint import latest_checkpoint, load_checkpoint
+from pipeline.checkpoint import latest_checkpoint, newest_readable_checkpoint
 from pipeline.config import Config, config_to_dict
 from pipeline.data import build_splits, ensure_shapes, eval_loader, stored_image_policy, train_loader
 from pipeline.device import select_precision
@@ -24,10 +25,13 @@ from pipeline.model import build_model
 from pipeline.plots import run_figures
 from pipeline.pretrained import with_local_weights
 from pipeline.resume_check import check_resumable
+from pipeline.run_log import FILE_NAME as RUN_LOG
+from pipeline.run_log import read_run_log
 from pipeline.run_tags import run_tags
 from pipeline.seeding import seed_everything, set_deterministic
 from pipeline.tracking import Tracker, resolve_uri
 from pipeline.trainer import DataInfo, Trainer, TrainResult
+from pipeline.typed_config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +54,26 @@ def run_training(config: Config, resume: str | None = None,
 
 
 def find_resume(resume: str | None, config: Config) -> Resume | None:
-    """`auto`: the newest last.pt of this experiment, if any; a path: that checkpoint, which must exist."""
+    """`auto`: the newest last.pt of this experiment, if any; a path: that checkpoint, which must exist.
+    An unreadable one (cut short by a full disk, say) gives way to the newest readable checkpoint beside it."""
     if resume is None:
         return None
     path = latest_checkpoint(Path(config.output_dir) / config.name) if resume == "auto" else Path(resume)
     if path is None:
         log.info("--resume auto: no checkpoint under %s; starting a new run", Path(config.output_dir) / config.name)
         return None
-    return Resume(path, load_checkpoint(path))
+    return Resume(*newest_readable_checkpoint(path))
+
+
+def require_writable(folder: Path) -> None:
+    """Fail before any work when the run's files could not be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(f"output_dir: cannot write the run's files under {folder} "
+                          f"({error.strerror or error}); expected a folder this user can write") from error
 
 
 def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
@@ -76,14 +92,16 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
         head.fit_data(summary)
     if resume:  # before the run it names is reopened, written to or marked: a wrong checkpoint changes nothing
         check_resumable(resume.checkpoint, resume.state, config, splits.class_names, model)
+    if dist.is_main:
+        require_writable(resume.checkpoint.parent if resume else Path(config.output_dir) / config.name)
     tracker = Tracker(config.tracking) if dist.is_main else None
+    if tracker and resume:  # before the run is reopened: the replay sets the killed run's last status
+        send_what_the_killed_run_kept(resume.checkpoint.parent)
     run_id = broadcast_from_main(start_run(tracker, config, resume, tags), dist)
     output_dir = resume.checkpoint.parent if resume else Path(config.output_dir) / config.name / run_id
     try:
         if tracker:
             record_run_start(tracker, config, output_dir)
-            if resume:
-                send_what_the_killed_run_kept(output_dir)
         log.info("run %s: %d train / %d val images, classes %s, device %s, %d process(es)", run_id,
                  len(splits.train), len(splits.val), splits.class_names, device, dist.world_size)
         trainer = Trainer(
@@ -96,7 +114,7 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
             trainer.restore(resume.state)
         result = trainer.fit()
         if tracker:
-            record_run_end(tracker, trainer, result)
+            record_run_end(tracker, trainer, result, output_dir)
     except BaseException as error:
         if tracker:
             tracker.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
@@ -121,14 +139,15 @@ def record_run_start(tracker: Tracker, config: Config, output_dir: Path) -> None
     tracker.log_artifact(resolved)
 
 
-def record_run_end(tracker: Tracker, trainer: Trainer, result: TrainResult) -> None:
+def record_run_end(tracker: Tracker, trainer: Trainer, result: TrainResult, output_dir: Path) -> None:
     tracker.log_metrics({"time/train_seconds": result.seconds}, step=trainer.position.global_step)
     tracker.log_artifact(result.checkpoint, "checkpoints")
     if result.best_checkpoint:
         tracker.log_artifact(result.best_checkpoint, "checkpoints")
     model = trainer.ema.module if trainer.ema else trainer.model     # the weights validation measured
     val_batch = next(iter(trainer.val_loader))
-    figures = run_figures(result.step_history, result.evaluation.confusion_matrices, model, val_batch,
+    logged = read_run_log(output_dir / RUN_LOG).metrics     # every step, across resumes
+    figures = run_figures(logged, result.evaluation.confusion_matrices, model, val_batch,
                           trainer.data_info.class_names)
     for path, figure in figures.items():
         tracker.log_figure(figure, path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, distribute_bn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -84,7 +84,8 @@ class TrainResult:
     checkpoint: Path
     best_checkpoint: Path | None = None
     history: list[dict[str, float]] = field(default_factory=list)       # one entry per epoch
-    step_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    last_step: dict[str, float] = field(default_factory=dict)           # the last trained step's values
+    position: Position = field(default_factory=Position)
     seconds: float = 0.0
     stopped_early: bool = False
 
@@ -120,7 +121,9 @@ class Trainer:
         self.position = Position()
         self.totals = EpochTotals()
         self.history: list[dict[str, float]] = []
-        self.step_history: list[tuple[int, dict[str, float]]] = []
+        # Only the last step's values are kept: every step's are in the run's metrics.jsonl, and a list grown
+        # each step would grow every checkpoint with it.
+        self.last_step: dict[str, float] = {}
         self.wrapped: nn.Module = self.model   # the DDP wrapper under torchrun, rebuilt when the frozen set changes
         self.wrapped_frozen: int | None = None
 
@@ -154,7 +157,7 @@ class Trainer:
         if self.position.epoch == first_epoch:  # resumed a finished run: report its metrics, train nothing
             evaluation = self.validate()
         best = self.checkpoints.best if self.checkpoints.best.exists() else None
-        return TrainResult(evaluation, self.checkpoints.last, best, self.history, self.step_history,
+        return TrainResult(evaluation, self.checkpoints.last, best, self.history, self.last_step, self.position,
                            time.perf_counter() - start, stopped_early)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -302,7 +305,7 @@ class Trainer:
 
     def log_step(self, values: dict[str, float]) -> None:
         step = self.position.global_step
-        self.step_history.append((step, values))
+        self.last_step = values
         if self.tracker and step % self.config.train.log_every == 0:
             self.tracker.log_metrics(values, step=step)
 
@@ -315,7 +318,8 @@ class Trainer:
             self.save(metrics={}, is_best=False)
 
     def save(self, metrics: dict[str, float], is_best: bool) -> None:
-        """Every rank contributes its RNG states; rank 0 writes."""
+        """Every rank contributes its RNG states and BatchNorm statistics; rank 0 writes."""
+        self.share_batchnorm_statistics()
         rng = gather_to_main(capture_rng_state(), self.dist)
         if not self.dist.is_main:
             return
@@ -331,7 +335,6 @@ class Trainer:
             "weighting": self.weighting.state_dict(),
             "epoch_totals": dataclasses.asdict(self.totals),
             "history": self.history,
-            "step_history": self.step_history,
             "tracking_run_id": self.run_id,
             "world_size": self.dist.world_size,
             "config": config_to_dict(self.config),
@@ -340,6 +343,20 @@ class Trainer:
             "image_policy": self.data_info.image_policy,
             "metrics": metrics,
         }, self.position.global_step, is_best)
+
+    def share_batchnorm_statistics(self) -> None:
+        """Average the BatchNorm running statistics over the ranks (timm's distribute_bn).
+
+        Each rank updates them from its own batches (and PCGrad's steps never run DDP's buffer broadcast), so
+        without this every rank would validate with other statistics than rank 0 checkpoints. Called at every
+        save, so the epoch's validation and every checkpoint see the same statistics on every rank, and a run
+        resumed from any checkpoint continues from what an uninterrupted one had.
+        """
+        if not self.dist.enabled:
+            return
+        distribute_bn(self.model, self.dist.world_size, reduce=True)
+        if self.ema:
+            distribute_bn(self.ema.module, self.dist.world_size, reduce=True)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by save(): the next step is the one after it."""
@@ -353,7 +370,7 @@ class Trainer:
         self.weighting.load_state_dict(state["weighting"])
         self.position = Position(**state["position"])
         self.totals = EpochTotals(**state["epoch_totals"])
-        self.history, self.step_history = list(state["history"]), list(state["step_history"])
+        self.history = list(state["history"])
         if state["world_size"] == self.dist.world_size:
             restore_rng_state(state["rng"][self.dist.rank])
         else:

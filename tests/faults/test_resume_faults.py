@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import main
+from pipeline.trainer import Trainer
 
 
 def write_config(folder, **changes) -> str:
@@ -64,3 +65,64 @@ def test_a_checkpoint_that_cannot_continue_is_refused_and_its_run_is_untouched(f
     run_id = load_checkpoint(checkpoint)["tracking_run_id"]
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_resume_of_an_unreadable_last_checkpoint_continues_from_the_newest_readable_one(tmp_path, caplog):
+    config = write_config(tmp_path, **{"train.checkpoint": {"keep_last": 2}})
+    assert main(["train", config]) == 0
+    (last,) = (tmp_path / "runs" / "finished").glob("*/last.pt")
+    steps = load_checkpoint(last)["position"]["global_step"]
+    last.write_bytes(last.read_bytes()[:300])          # cut short, as by a full disk
+    caplog.set_level("WARNING")
+    assert main(["train", write_config(tmp_path, **{"train.epochs": 2}), "--resume", str(last)]) == 0
+    fallback = last.parent / f"step-{steps}.pt"
+    assert f"{last}: not a file torch.save wrote, or truncated" in caplog.text and str(fallback) in caplog.text
+    resumed = load_checkpoint(last)
+    assert resumed["position"]["epoch"] == 2 and resumed["position"]["global_step"] == 2 * steps
+
+
+def test_resume_with_no_readable_checkpoint_is_a_named_error_that_changes_nothing(finished, capsys, tmp_path):
+    folder, checkpoint = finished
+    damaged = tmp_path / "run" / "last.pt"
+    damaged.parent.mkdir()
+    damaged.write_bytes(checkpoint.read_bytes()[:300])
+    (damaged.parent / "notes.txt").write_text("kept")
+    before = fingerprint(folder)
+    status = main(["train", write_config(folder), "--resume", str(damaged)])
+    err = capsys.readouterr().err
+    assert status == 2 and str(damaged) in err and f"no other readable checkpoint in {damaged.parent}" in err, err
+    assert fingerprint(folder) == before
+    assert sorted(p.name for p in damaged.parent.iterdir()) == ["last.pt", "notes.txt"]
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_any_run_starts(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = write_config(tmp_path, output_dir=str(blocker / "runs"))
+    status = main(["train", config])
+    err = capsys.readouterr().err
+    assert status == 2 and f"output_dir: cannot write the run's files under {blocker / 'runs' / 'finished'}" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "mlflow.db").exists()       # no MLflow run was opened
+
+
+def test_a_resumed_run_is_running_while_it_trains_and_ends_with_its_own_status(tmp_path, monkeypatch):
+    """The run log of a run that ended (FINISHED here) is replayed on resume; its old status must not be
+    stamped on the reopened run."""
+    assert main(["train", write_config(tmp_path)]) == 0
+    (checkpoint,) = (tmp_path / "runs" / "finished").glob("*/last.pt")
+    run_id = load_checkpoint(checkpoint)["tracking_run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    seen = []
+    real_fit = Trainer.fit
+
+    def fit_seeing_the_status(trainer):
+        seen.append(client.get_run(run_id).info.status)
+        return real_fit(trainer)
+
+    monkeypatch.setattr(Trainer, "fit", fit_seeing_the_status)
+    assert main(["train", write_config(tmp_path, **{"train.epochs": 2}), "--resume", str(checkpoint)]) == 0
+    assert seen == ["RUNNING"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    losses = client.get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in losses) == list(range(1, 5))    # 2 epochs of 2 steps, one value each

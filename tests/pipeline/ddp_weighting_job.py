@@ -1,5 +1,6 @@
-"""Run under torchrun by test_weighting_ddp.py: train two steps with every weighting strategy, then save this
-rank's parameters and task weights to <out>/rank<r>.pt."""
+"""Run under torchrun by test_weighting_ddp.py: train one epoch of two steps (with validation and checkpoints)
+with every weighting strategy, then save this rank's parameters, BatchNorm statistics (the U-Net decoder's, the
+EMA's) and task weights to <out>/rank<r>.pt."""
 from __future__ import annotations
 
 import sys
@@ -26,9 +27,14 @@ def config_for(strategy: str, data: Path) -> dict:
                             "seg": {"type": "unet", "decoder_channels": [8, 8]},
                             "recon": {"type": "ae", "bottleneck_stride": 4, "decoder_channels": [8, 8], "weight": 5.0}},
                   "weighting": {"name": strategy}},
-        "train": {"epochs": 1, "device": "cpu", "accumulate": 2, "optimizer": {"name": "adamw", "lr": 0.01},
+        "train": {"epochs": 1, "device": "cpu", "accumulate": 2, "ema_decay": 0.5,
+                  "optimizer": {"name": "adamw", "lr": 0.01},
                   "scheduler": {"name": "constant", "warmup_epochs": 0}},
     }
+
+
+def running_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.named_buffers() if "running_" in k}
 
 
 def main(out: Path) -> None:
@@ -46,8 +52,10 @@ def main(out: Path) -> None:
                           eval_loader(splits.val, config.data, config.seed, dist),
                           DataInfo(splits.class_names, splits.category_ids, splits.image_policy.to_dict()), device,
                           select_precision("fp32", device), out / strategy / f"rank{dist.rank}", dist=dist)
-        trainer.train_epoch(0)
+        trainer.fit()
         results[strategy] = {"parameters": {k: v.detach().clone() for k, v in trainer.model.named_parameters()},
+                             "statistics": running_statistics(trainer.model),
+                             "ema_statistics": running_statistics(trainer.ema.module),
                              "weights": trainer.weighting.weights(), "steps": trainer.position.global_step}
     torch.save(results, out / f"rank{dist.rank}.pt")
     shutdown()

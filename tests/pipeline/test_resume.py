@@ -1,7 +1,9 @@
 """Exact resume: a run killed with SIGKILL mid-epoch and resumed with `--resume auto` ends with the same bits
-as a run that was never interrupted (deterministic mode, CPU), in the same MLflow run."""
+as a run that was never interrupted (deterministic mode, CPU), in the same MLflow run, with one value per step
+although the steps between the last checkpoint and the kill were trained (and logged) twice."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +20,7 @@ from pipeline.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH = 6   # 24 images, batch 2, 2 micro-batches per step
+EVERY_STEPS = 3       # checkpoints at steps 3, 6, 9, 12: a kill at step 10 or 11 loses logged steps
 
 
 def write_config(tmp_path: Path, name: str, data: Path, epochs: int = 2) -> Path:
@@ -31,7 +34,7 @@ def write_config(tmp_path: Path, name: str, data: Path, epochs: int = 2) -> Path
                             "seg": {"type": "unet", "decoder_channels": [16, 16, 8, 8, 8]},
                             "recon": {"type": "dae", "decoder_channels": [16, 8, 8, 8, 8]}}},  # so does the noise
         "train": {"epochs": epochs, "device": "cpu", "deterministic": True, "accumulate": 2, "ema_decay": 0.9,
-                  "monitor": "val/seg/mIoU", "checkpoint": {"every_steps": 1},
+                  "monitor": "val/seg/mIoU", "checkpoint": {"every_steps": EVERY_STEPS},
                   "optimizer": {"name": "adamw", "lr": 0.003}},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "resume"},
     }
@@ -57,21 +60,31 @@ def checkpoint_of(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def kill_mid_epoch(process: subprocess.Popen, checkpoint_glob, epoch: int, min_step: int) -> dict:
-    """SIGKILL the run as soon as a checkpoint shows it `min_step` steps into `epoch`."""
+def logged_steps(run_folder: Path) -> list[int]:
+    """The steps with a train/loss value in the run's metrics.jsonl, as often as they appear."""
+    log = run_folder / "metrics.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    events = [json.loads(line) for line in lines[:-1]]   # the last line may be cut short by the writer
+    return [e["step"] for e in events if e.get("event") == "metrics" and "train/loss" in e["values"]]
+
+
+def kill_after_the_checkpoint(process: subprocess.Popen, runs: Path, epoch: int) -> tuple[dict, list[int]]:
+    """SIGKILL the run once it has logged steps past a mid-`epoch` checkpoint (steps a resume trains again)."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        for path in checkpoint_glob():
+        for path in runs.glob("*/last.pt"):
             try:
                 position = load_checkpoint(path)["position"]
-            except (EOFError, RuntimeError, FileNotFoundError):
+            except (EOFError, RuntimeError, FileNotFoundError, ValueError):
                 continue
-            if position["epoch"] == epoch and position["step_in_epoch"] >= min_step:
+            logged = logged_steps(path.parent)
+            if (position["epoch"] == epoch and position["step_in_epoch"] > 0 and logged
+                    and max(logged) > position["global_step"]):
                 process.send_signal(signal.SIGKILL)
                 process.communicate()
-                return position
+                return position, logged_steps(path.parent)
         time.sleep(0.02)
-    pytest.fail(f"the run ended or stalled before reaching epoch {epoch} step {min_step}: "
+    pytest.fail(f"the run ended or stalled before logging a step past a checkpoint in epoch {epoch}: "
                 f"{process.communicate()[0][-3000:]}")
 
 
@@ -87,10 +100,11 @@ def test_sigkill_mid_epoch_then_resume_auto_ends_bitwise_equal_in_the_same_mlflo
     tmp_path, data, expected = uninterrupted
     config = write_config(tmp_path, "killed", data)
     process = train(config)
-    killed_at = kill_mid_epoch(process, lambda: (tmp_path / "runs/killed").glob("*/last.pt"), epoch=1, min_step=2)
+    killed_at, logged_before_kill = kill_after_the_checkpoint(process, tmp_path / "runs/killed", epoch=1)
     assert process.returncode == -signal.SIGKILL
     resumed_from = load_checkpoint(checkpoint_of(tmp_path, "killed"))["position"]
     assert resumed_from["epoch"] == 1 and 0 < resumed_from["step_in_epoch"] < STEPS_PER_EPOCH, (killed_at, resumed_from)
+    assert max(logged_before_kill) > resumed_from["global_step"], (logged_before_kill, resumed_from)
 
     output = finish(train(config, "--resume", "auto"))
     assert "resumed at epoch 2" in output
@@ -105,8 +119,9 @@ def test_sigkill_mid_epoch_then_resume_auto_ends_bitwise_equal_in_the_same_mlflo
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(actual["tracking_run_id"])
     assert run.info.status == "FINISHED"
-    steps = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
-    assert steps == set(range(1, 2 * STEPS_PER_EPOCH + 1))   # one run, every step logged across the kill
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == list(range(1, 2 * STEPS_PER_EPOCH + 1))   # one run, every step logged once across the kill
+    assert sorted(logged_steps(checkpoint_of(tmp_path, "killed").parent)) == steps
 
 
 def test_resume_can_extend_the_epoch_count(uninterrupted):

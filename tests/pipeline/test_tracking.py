@@ -22,7 +22,7 @@ from pipeline.export import exportable, flatten_outputs, input_example
 from pipeline.metric_sender import Backoff, MetricSender
 from pipeline.model import build_model
 from pipeline.plots import confusion_matrix_figure, loss_curves, prediction_figure, run_figures
-from pipeline.run_log import read_run_log
+from pipeline.run_log import MetricRecord, read_run_log
 from pipeline.run_tags import run_tags
 from pipeline.tracking import Tracker
 from support import make_batch
@@ -114,10 +114,14 @@ def test_an_image_folder_is_hashed_by_its_file_list(tmp_path):
 
 # ---- plots ------------------------------------------------------------------------------------------------
 
+def records(history: list[tuple[int, dict[str, float]]]) -> list[MetricRecord]:
+    return [MetricRecord(key, value, step, 1000 * step) for step, values in history for key, value in values.items()]
+
+
 def test_loss_curves_draw_one_line_per_loss_on_a_log_scale():
     history = [(step, {"train/loss": 2.0 / step, "train/cls/loss": 1.0 / step, "train/seg/loss": 0.5 / step,
-                       "lr": 0.01, "train/grad_norm": 3.0}) for step in range(1, 6)]
-    axes = loss_curves(history).axes
+                       "lr": 0.01, "train/grad_norm": 3.0, "epoch/train/loss": 1.0}) for step in range(5, 0, -1)]
+    axes = loss_curves(records(history)).axes
     assert len(axes) == 1
     lines = {line.get_label(): line for line in axes[0].get_lines()}
     assert set(lines) == {"train/loss", "train/cls/loss", "train/seg/loss"}
@@ -127,7 +131,7 @@ def test_loss_curves_draw_one_line_per_loss_on_a_log_scale():
 
 def test_loss_curves_skip_non_finite_values_and_stay_linear_for_non_positive_losses():
     history = [(1, {"train/loss": -1.0}), (2, {"train/loss": float("nan")}), (3, {"train/loss": 0.5})]
-    axes = loss_curves(history).axes[0]
+    axes = loss_curves(records(history)).axes[0]
     assert list(axes.get_lines()[0].get_xdata()) == [1, 3]
     assert axes.get_yscale() == "linear"
 
@@ -171,7 +175,7 @@ def test_run_figures_draw_the_model_in_eval_mode_and_leave_it_training():
     model = tiny_model()
     model.train()
     history = [(1, {"train/loss": 1.0}), (2, {"train/loss": 0.5})]
-    figures = run_figures(history, {"cls": torch.eye(3, dtype=torch.long)}, model, make_batch(size=64, batch=3),
+    figures = run_figures(records(history), {"cls": torch.eye(3, dtype=torch.long)}, model, make_batch(size=64, batch=3),
                           ["a", "b", "c"])
     assert set(figures) == {"plots/losses.png", "plots/confusion/cls.png", "plots/predictions.png"}
     assert len(figures["plots/predictions.png"].axes) == 3 * 3   # per image: cls+det on the input, seg, recon

@@ -1,5 +1,5 @@
 """Every weighting strategy under real torchrun DDP (2 CPU processes, gloo, 2 micro-batches per step):
-both ranks end with identical parameters and identical task weights."""
+both ranks end with identical parameters, task weights and BatchNorm statistics, and rank 0 checkpoints them."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.weighting import STRATEGIES
 from support import free_port
 
@@ -30,6 +31,13 @@ def test_every_strategy_keeps_both_ranks_identical_under_ddp(tmp_path):
         assert first["weights"] == second["weights"], strategy
         unequal = [k for k in first["parameters"] if not torch.equal(first["parameters"][k], second["parameters"][k])]
         assert not unequal, f"{strategy}: {unequal[:3]}"
+        # Each rank normalised its own batches; validation and the checkpoint must see one set of statistics.
+        saved = load_checkpoint(tmp_path / strategy / "rank0" / "last.pt")
+        for part, kept in (("statistics", saved["model"]), ("ema_statistics", saved["ema"])):
+            assert first[part], f"{strategy}: no BatchNorm statistics found"
+            for key, value in first[part].items():
+                torch.testing.assert_close(value, second[part][key], rtol=0, atol=1e-7, msg=f"{strategy} {key}")
+                assert torch.equal(value, kept[key]), f"{strategy} {part} {key}: rank 0 differs from its checkpoint"
     # The learned strategies did move their weights away from the static start (1, 1, 5).
     for strategy in ("uncertainty", "gradnorm"):
         assert ranks[0][strategy]["weights"] != {"cls": 1.0, "seg": 1.0, "recon": 5.0}, strategy
