@@ -4,14 +4,27 @@ Every message names the annotation file, the field and what was expected, e.g.
 `annotations.json: annotations[12].bbox: expected 4 numbers [x, y, w, h] with w, h > 0, got [1, 2, -3, 4]`.
 Structural problems (no `images` list, duplicate ids) always raise; a bad image
 entry or annotation raises too, unless `skip_invalid`, in which case it is
-dropped and the reason recorded.
+dropped and the reason recorded. A dropped annotation of a kept image is still an object on that image: what
+is valid of it (class, box, outline) is kept as a `DroppedAnnotation`, so the reader can mark its pixels and
+box "unknown" instead of reading them as background.
 """
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from datasets.paths import is_inside, resolves_inside
+
+@dataclass
+class DroppedAnnotation:
+    """What is still known of an annotation skipped (skip_invalid) on an image that is kept: an object is
+    there, so its pixels and box are "unknown", not background. Each part is None where it was invalid."""
+    image_id: int
+    category_id: int | None           # one of categories[] ids, else None (the class is unknown)
+    bbox: list[float] | None          # [x, y, w, h] overlapping the image
+    segmentation: list | dict | None  # polygons or RLE of the image's size
+
 
 @dataclass
 class CheckedCoco:
@@ -19,6 +32,7 @@ class CheckedCoco:
     image_index: dict[int, int]                 # image id -> position in the file's images[] (for messages)
     skipped: dict[str, int] = field(default_factory=lambda: {"images": 0, "annotations": 0})
     reasons: list[str] = field(default_factory=list)  # every skipped entry's message
+    dropped: list[DroppedAnnotation] = field(default_factory=list)  # skipped annotations of kept images
 
 
 def check_coco(raw: object, source: Path, images_root: Path, skip_invalid: bool) -> CheckedCoco:
@@ -103,21 +117,10 @@ def _image_problem(entry: object, where: str, images_root: Path) -> Exception | 
     path = images_root / file_name
     if not path.is_file():
         return FileNotFoundError(f"{where}.file_name: expected an existing image file, {path} not found")
-    if not path.resolve().is_relative_to(images_root.resolve()):  # the policy of every reader: see is_inside
+    if not resolves_inside(path, images_root):  # the policy of every reader: datasets/paths.py
         return ValueError(f"{where}.file_name: {path} resolves outside the images root {images_root.resolve()} "
                           "(a symlink leading out of the dataset)")
     return None
-
-
-def is_inside(file_name: str) -> bool:
-    """True if file_name stays inside the folder it is joined to.
-
-    Lexical on purpose: an images folder that is a symlink to another disk is
-    common and legitimate; '..' and absolute paths in a label file are not. A file inside the folder whose
-    real path leaves it (a symlink out) is refused separately, as by every reader.
-    """
-    normal = os.path.normpath(file_name)
-    return not os.path.isabs(normal) and normal != ".." and not normal.startswith(".." + os.sep)
 
 
 def _checked_annotations(
@@ -131,9 +134,23 @@ def _checked_annotations(
         problem = _annotation_problem(ann, f"{source}: annotations[{i}]", images, category_ids)
         if problem is not None:
             _record(problem, "annotations", skip_invalid, checked)
+            if isinstance(ann, dict) and _is_int(ann.get("image_id")) and ann["image_id"] in images:
+                checked.dropped.append(_dropped(ann, images[ann["image_id"]], category_ids))
             continue
         valid.append(_normalised_annotation(ann, i))
     return valid
+
+
+def _dropped(ann: dict, image: dict, category_ids: set[int]) -> DroppedAnnotation:
+    """The valid parts of a skipped annotation (by the same checks that made it invalid as a whole)."""
+    category = ann.get("category_id")
+    bbox, segmentation = ann.get("bbox"), ann.get("segmentation")
+    return DroppedAnnotation(
+        image_id=ann["image_id"],
+        category_id=category if _is_int(category) and category in category_ids else None,
+        bbox=[float(v) for v in bbox] if _bbox_problem(bbox, "", image) is None else None,
+        segmentation=segmentation if segmentation and _segmentation_problem(segmentation, "", image) is None else None,
+    )
 
 
 def _annotation_problem(ann: object, where: str, images: dict[int, dict], category_ids: set[int]) -> Exception | None:

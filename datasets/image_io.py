@@ -159,27 +159,49 @@ def _decode_with_opencv_only(path: Path) -> np.ndarray | None:
 
 
 def _channels_last(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
-    keep = [i for i, axis in enumerate(axes) if axis in "YXSCQI"]
-    extra = [axes[i] for i in range(len(axes)) if i not in keep and array.shape[i] > 1]
-    if extra:
-        raise ValueError(f"{path}: expected a 2-D image (TIFF axes Y, X and channels), got axes {axes!r} with "
-                         f"shape {array.shape}; save one plane per file")
+    keep = tiff_plane_axes(array.shape, axes, path)
     squeezed = array.reshape([array.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)
     bands = [i for i, axis in enumerate(axes) if axis in "SCQI"]
-    if len(bands) > 1:  # e.g. pages of RGB images: only the channel axis itself may remain
-        raise ValueError(f"{path}: expected one channel axis, got TIFF axes {axes!r} with shape {array.shape}")
     if not bands:
         return squeezed
     return np.moveaxis(squeezed, bands[0], -1)
 
 
+def tiff_plane_axes(shape: Sequence[int], axes: str, path: Path) -> list[int]:
+    """The axes of a TIFF series that make one image: Y, X and at most one channel axis (length-1 axes of any
+    kind are dropped). From the shape alone, so the header check (datasets/image_header.py) refuses exactly
+    what decoding would."""
+    keep = [i for i, axis in enumerate(axes) if axis in "YXSCQI"]
+    extra = [axes[i] for i in range(len(axes)) if i not in keep and shape[i] > 1]
+    if extra:
+        raise ValueError(f"{path}: expected a 2-D image (TIFF axes Y, X and channels), got axes {axes!r} with "
+                         f"shape {tuple(shape)}; save one plane per file")
+    bands = [i for i in keep if axes[i] in "SCQI"]
+    if len(bands) > 1:  # e.g. pages of RGB images: only the channel axis itself may remain
+        kept = "".join(axes[i] for i in keep)
+        raise ValueError(f"{path}: expected one channel axis, got TIFF axes {kept!r} with shape {tuple(shape)}")
+    return keep
+
+
 def _exif_orientation(path: Path) -> int:
     try:
         with Image.open(path) as opened:
-            return int(opened.getexif().get(EXIF_ORIENTATION_TAG, 1))
+            return exif_orientation_of(opened)
     except (OSError, ValueError, SyntaxError):
         return 1
+
+
+def exif_orientation_of(opened: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent) from an opened file's header. A PNG's eXIf chunk is read where
+    the PNG specification puts it, before the pixel data: PIL's getexif() would decode the whole image to look
+    behind it, once more for every image already decoded by OpenCV, and the header check could not afford it."""
+    if opened.format == "PNG":
+        exif = Image.Exif()
+        if opened.info.get("exif"):
+            exif.load(opened.info["exif"])
+        return int(exif.get(EXIF_ORIENTATION_TAG, 1))
+    return int(opened.getexif().get(EXIF_ORIENTATION_TAG, 1))
 
 
 def _oriented(array: np.ndarray, orientation: int) -> np.ndarray:

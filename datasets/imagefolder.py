@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.image_io import IMAGE_SUFFIXES, ImagePolicy
+from datasets.paths import resolves_inside
 from datasets.reader import IMAGE_LABELS, AnnotationIndex, Reader, count_per_class
 from datasets.record import RawRecord
 from datasets.transforms import SampleTransform
@@ -36,19 +37,23 @@ class ImageFolderDataset(Reader):
         self.category_ids = list(range(1, len(self.class_names) + 1))  # COCO-style ids, for results files
         self.files = [(path, label) for label, name in enumerate(self.class_names)
                       for path in self._images(self.root / name)]
+        self.log_skipped()
 
     def _images(self, folder: Path) -> list[Path]:
         if not folder.is_dir():
             return []
-        root = self.root.resolve()
         found = []
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            if not path.resolve().is_relative_to(root):  # a symlink must not lead outside the dataset
-                raise ValueError(f"{path}: resolves outside the dataset root {root}")
+            if not resolves_inside(path, self.root):  # the policy of every reader: datasets/paths.py
+                self.skip("images", ValueError(f"{path}: resolves outside the dataset root {self.root.resolve()}"))
+                continue
             found.append(path)
         return found
+
+    def _keep(self, positions: list[int]) -> None:
+        self.files = [self.files[position] for position in positions]
 
     def __len__(self) -> int:
         return len(self.files)

@@ -5,9 +5,11 @@ reconstruction-only part of a dataset mixture.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from datasets.image_io import IMAGE_SUFFIXES, ImagePolicy
+from datasets.paths import resolves_inside
 from datasets.reader import Reader
 from datasets.record import RawRecord
 from datasets.transforms import SampleTransform
@@ -25,7 +27,8 @@ class ImageOnlyDataset(Reader):
             raise FileNotFoundError(f"{self.root}: expected a folder of images")
         self.class_names: list[str] = list(class_names or [])
         self.category_ids: list[int] = list(range(1, len(self.class_names) + 1))
-        self.files = files_inside(self.root, IMAGE_SUFFIXES)
+        self.files = files_inside(self.root, IMAGE_SUFFIXES, lambda error: self.skip("images", error))
+        self.log_skipped()
         if not self.files:
             raise ValueError(f"{self.root}: expected image files ({', '.join(sorted(IMAGE_SUFFIXES))}), found none")
 
@@ -38,19 +41,27 @@ class ImageOnlyDataset(Reader):
     def load(self, position: int) -> RawRecord:
         return RawRecord(image=self.read_image(self.files[position]), image_id=position)
 
+    def _keep(self, positions: list[int]) -> None:
+        self.files = [self.files[position] for position in positions]
 
-def files_inside(folder: Path, suffixes: set[str]) -> list[Path]:
+
+def _raise(error: Exception) -> None:
+    raise error
+
+
+def files_inside(folder: Path, suffixes: set[str], refuse: Callable[[Exception], None] = _raise) -> list[Path]:
     """Files under `folder` with one of these (lower-case) suffixes, recursive, sorted; hidden files and
-    folders skipped. A symlink that leads outside the folder is refused."""
-    root = folder.resolve()
+    folders skipped. A file whose real path leaves the folder (a symlink out) is handed to `refuse` (a reader's
+    `skip`: raise, or count it with skip_invalid) and left out."""
     found = []
     for path in sorted(folder.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
         if path.suffix.lower() not in suffixes:
             continue
-        if not path.resolve().is_relative_to(root):
-            raise ValueError(f"{path}: resolves outside the dataset root {root}")
+        if not resolves_inside(path, folder):
+            refuse(ValueError(f"{path}: resolves outside the dataset root {folder.resolve()}"))
+            continue
         if path.is_file():
             found.append(path)
     return found

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.image_header import header_size
 from datasets.image_io import ImagePolicy, read_label_image
 from datasets.images import IMAGE_SUFFIXES, files_inside
 from datasets.reader import Reader
@@ -66,10 +67,17 @@ class MaskFolderDataset(Reader):
         image_path, mask_path = self.pairs[position]
         image = self.read_image(image_path)
         mask = self.read_mask(mask_path)
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"{mask_path}: expected the size of its image {image_path.name}, "
-                             f"{image.shape[1]}x{image.shape[0]}, got {mask.shape[1]}x{mask.shape[0]}")
+        _check_same_size(image_path, image.shape[:2], mask_path, mask.shape)
         return RawRecord(image=image, image_id=position, mask=mask)
+
+    def check_files(self, position: int) -> None:
+        """Both headers decode, at the same size (as read: EXIF orientation turns images and masks alike)."""
+        image_path, mask_path = self.pairs[position]
+        image_size = header_size(image_path, self.policy.exif_orientation)
+        _check_same_size(image_path, image_size, mask_path, header_size(mask_path, self.policy.exif_orientation))
+
+    def _keep(self, positions: list[int]) -> None:
+        self.pairs = [self.pairs[position] for position in positions]
 
     def read_mask(self, path: Path) -> np.ndarray:
         mask = read_mask(path, len(self.class_names), self.policy.exif_orientation)
@@ -104,9 +112,9 @@ class MaskFolderDataset(Reader):
         return False
 
     def _pairs(self) -> list[tuple[Path, Path]]:
-        images = files_inside(self.images_root, IMAGE_SUFFIXES)
-        masks = {path.relative_to(self.masks_root).with_suffix(""): path
-                 for path in files_inside(self.masks_root, MASK_SUFFIXES)}
+        images = files_inside(self.images_root, IMAGE_SUFFIXES, lambda error: self.skip("images", error))
+        mask_files = files_inside(self.masks_root, MASK_SUFFIXES, lambda error: self.skip("masks", error))
+        masks = {path.relative_to(self.masks_root).with_suffix(""): path for path in mask_files}
         pairs, used = [], {}
         for image in images:
             key = image.relative_to(self.images_root).with_suffix("")
@@ -123,6 +131,13 @@ class MaskFolderDataset(Reader):
                 self.skip("masks", ValueError(f"{path}: expected an image named {key} in {self.images_root}, found none"))
         self.log_skipped()
         return pairs
+
+
+def _check_same_size(image_path: Path, image_size: tuple[int, ...], mask_path: Path,
+                     mask_size: tuple[int, ...]) -> None:
+    if tuple(mask_size[:2]) != tuple(image_size[:2]):
+        raise ValueError(f"{mask_path}: expected the size of its image {image_path.name}, "
+                         f"{image_size[1]}x{image_size[0]}, got {mask_size[1]}x{mask_size[0]}")
 
 
 def read_class_names(path: Path) -> list[str]:

@@ -74,6 +74,7 @@ class ClassMap:
             label=int(self.index[sample.label]) if sample.label is not None else None,
             mask=self.mask_lut[sample.mask] if sample.mask is not None else None,
             box_labels=self.index[sample.box_labels] if sample.box_labels is not None else None,
+            ignore_labels=self.index[sample.ignore_labels] if sample.ignore_labels is not None else None,
             multi_label=multi_label,
         )
 
@@ -99,6 +100,11 @@ class MixtureDataset(ConcatDataset):
         self.class_names = reconcile_class_names(self.names, source_classes, class_names)
         self.category_ids = list(range(1, len(self.class_names) + 1))
         self.class_maps = [ClassMap.between(classes, self.class_names) for classes in source_classes]
+
+    def sources_changed(self) -> None:
+        """Recount after entries were dropped from sources (the training guard drops unreadable images)."""
+        self.sizes = [len(source) for source in self.datasets]
+        self.cumulative_sizes = self.cumsum(self.datasets)
 
     def locate(self, index: int) -> tuple[int, int]:
         """(source number, index within that source) of a global index."""

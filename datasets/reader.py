@@ -19,14 +19,18 @@ and implements:
     image_path(position)      the image file of one entry
     load(position)            -> RawRecord, decoding with `self.read_image`; raises ValueError or OSError,
                               naming the file, for an entry that cannot be read
+    _keep(positions)          keep only the entries at these positions, in order (how `drop` removes bad ones)
 
-and optionally `box_sizes()` ([N, 4] box w, h and image w, h on disk, for anchor fitting and check-data) and
+and optionally `box_sizes()` ([N, 4] box w, h and image w, h on disk, for anchor fitting and check-data),
 `annotation_index()` (per-class counts from the annotations of every image, without decoding: lets
-check-data and the training guard say "class X has no instance" for certain, cheaply).
+check-data and the training guard say "class X has no instance" for certain, cheaply) and, where an entry has
+more files or declared sizes than its image, `check_files(position)` (the training guard's cheap check).
 
 The base class turns records into `Sample`s with the transform and handles bad entries the same way for
 every format: without `skip_invalid` the first one raises; with it, each is counted in `skipped`, its
 reason kept in `problems`, and the next readable entry is read instead, so no sample is silently lost.
+Entries found bad before training (`check_files`, run on every entry by the guard) are `drop`ped instead,
+counted the same way, so the loader never meets them.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from datasets.image_header import header_size
 from datasets.image_io import ImagePolicy, read_image
 from datasets.record import RawRecord
 from datasets.sample import Sample
@@ -85,6 +90,14 @@ class Reader(Dataset):
     def load(self, position: int) -> RawRecord:
         raise NotImplementedError
 
+    def _keep(self, positions: list[int]) -> None:
+        raise NotImplementedError(f"{type(self).__name__}: cannot drop entries")
+
+    def check_files(self, position: int) -> None:
+        """The cheap check that load(position) finds files it can read: the image's header
+        (datasets/image_header.py), not its pixels. Raises ValueError or OSError naming the file, as load would."""
+        header_size(self.image_path(position), self.policy.exif_orientation)
+
     def box_sizes(self) -> np.ndarray:
         """[N, 4] (w, h, image w, image h) of every box, in pixels on disk; none for formats without boxes."""
         return np.zeros((0, 4), np.float32)
@@ -126,6 +139,16 @@ class Reader(Dataset):
             raise error
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
         self.problems.append(str(error))
+
+    def drop(self, bad: dict[int, Exception]) -> None:
+        """Remove the entries at these positions, found bad before training: each is skipped like a bad entry
+        (raises without skip_invalid; with it counted as an image and its reason kept), then logged once."""
+        for error in bad.values():
+            self.skip("images", error)
+        self._keep([position for position in range(len(self)) if position not in bad])
+        logger.warning("%s: dropped %d unreadable image(s) before training, %d left; first reasons:\n  %s",
+                       self.where(), len(bad), len(self),
+                       "\n  ".join(str(error) for error in list(bad.values())[:MAX_LOGGED_REASONS]))
 
     def log_skipped(self) -> None:
         """One warning for the entries skipped while opening the dataset."""

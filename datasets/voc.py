@@ -25,7 +25,9 @@ class with the largest box area and the multi-label the classes present (difficu
 XML is parsed with the standard library's ElementTree (defusedxml is not installed): it does not fetch
 external entities, and expat refuses entity expansion bombs; the files are local annotations.
 Everything is validated eagerly; a bad XML raises naming the file and field, or with `skip_invalid` drops
-its image, counted in skipped["images"]. The decoded image must have the XML's <size>.
+its image, counted in skipped["images"]; so does an XML or image whose path leaves its folder ('..', absolute, or
+a symlink out: datasets/paths.py). The decoded image must have the XML's <size> (checked from its header by
+`check_files` before training).
 """
 from __future__ import annotations
 
@@ -37,10 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.coco_checks import is_inside
+from datasets.image_header import header_size
 from datasets.image_io import IMAGE_SUFFIXES, ImagePolicy
 from datasets.images import files_inside
 from datasets.masks import read_class_names
+from datasets.paths import is_inside, resolves_inside
 from datasets.reader import BOXES, IGNORE_REGIONS, AnnotationIndex, Reader, count_per_class
 from datasets.record import RawRecord, image_targets
 from datasets.transforms import SampleTransform
@@ -89,6 +92,14 @@ class VocDataset(Reader):
     def image_path(self, position: int) -> Path:
         return self.entries[position].image
 
+    def check_files(self, position: int) -> None:
+        """The image's header decodes, at the XML's <size>."""
+        entry = self.entries[position]
+        _check_size(entry, header_size(entry.image, self.policy.exif_orientation), "its header says")
+
+    def _keep(self, positions: list[int]) -> None:
+        self.entries = [self.entries[position] for position in positions]
+
     def annotation_index(self) -> AnnotationIndex:
         count = len(self.class_names)
         def per_class(difficult: bool) -> np.ndarray:
@@ -107,9 +118,7 @@ class VocDataset(Reader):
     def load(self, position: int) -> RawRecord:
         entry = self.entries[position]
         image = self.read_image(entry.image)
-        if image.shape[:2] != (entry.height, entry.width):
-            raise ValueError(f"{entry.xml}: size: expected a {entry.width}x{entry.height} image as declared, "
-                             f"decoded {image.shape[1]}x{image.shape[0]} from {entry.image}")
+        _check_size(entry, image.shape[:2], "decoded")
         labels = np.array([self._class_of[name] for name in entry.names], np.int64)
         easy = ~entry.difficult
         label, present = image_targets(labels[easy], entry.boxes[easy], None, len(self.class_names))
@@ -133,7 +142,7 @@ class VocDataset(Reader):
         source = self.annotations
         if source.is_dir():
             root = source.parent if source.name == "Annotations" else source
-            xmls = files_inside(source, {".xml"})
+            xmls = files_inside(source, {".xml"}, lambda error: self.skip("images", error))
             if not xmls:
                 raise ValueError(f"{source}: expected Pascal VOC .xml files, found none")
             return root, xmls
@@ -154,7 +163,7 @@ class VocDataset(Reader):
             xml = root / "Annotations" / f"{image_id}.xml"
             if not xml.is_file():
                 self.skip("images", FileNotFoundError(f"{where}: expected {xml}, not found"))
-            elif not xml.resolve().is_relative_to((root / "Annotations").resolve()):
+            elif not resolves_inside(xml, root / "Annotations"):
                 self.skip("images", ValueError(f"{where}: {xml} resolves outside {root / 'Annotations'}"))
             else:
                 xmls.append(xml)
@@ -174,6 +183,12 @@ class VocDataset(Reader):
             raise ValueError(f"{self.annotations}: expected objects to take the class names from, found none; "
                              f"list them in {self.root / CLASS_LISTS[0]}")
         return found
+
+
+def _check_size(entry: _Entry, size: tuple[int, int], how: str) -> None:
+    if tuple(size) != (entry.height, entry.width):
+        raise ValueError(f"{entry.xml}: size: expected a {entry.width}x{entry.height} image as declared, "
+                         f"{how} {size[1]}x{size[0]} from {entry.image}")
 
 
 def _read_xml(xml: Path, images_dir: Path) -> _Entry:
@@ -240,6 +255,6 @@ def _image_file(root: ElementTree.Element, xml: Path, images_dir: Path) -> Path:
             raise FileNotFoundError(f"{xml}: filename: expected the image {path}, or one image of the same "
                                     f"name with another suffix, {found}")
         path = candidates[0]
-    if not path.resolve().is_relative_to(images_dir.resolve()):
+    if not resolves_inside(path, images_dir):
         raise ValueError(f"{xml}: filename: {path} resolves outside the images folder {images_dir.resolve()}")
     return path

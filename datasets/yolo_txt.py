@@ -15,8 +15,9 @@ beside the image); a missing or empty label file is an image without objects (ba
 lines of an image list are relative to the list's folder (a leading `./` too); a `train`/`val` entry starting
 with `../` that does not exist is read without it (Roboflow exports write `../train/images` beside data.yaml).
 
-Every path stays inside the dataset root: `..` and absolute paths in data.yaml's splits and in image lists are
-refused, and so are image and label files whose real path (through symlinks) leaves their tree.
+Every path stays inside the dataset root (datasets/paths.py): `..` and absolute paths in data.yaml's splits
+are refused; such paths in image lists, and image and label files whose real path (through symlinks) leaves
+their tree, are an error or, with `skip_invalid`, a counted skip of their image.
 
 A polygon's box is its extent, and polygons are drawn into the semantic mask (class index + 1, later lines on
 top) with pycocotools, exactly as the same polygon in a COCO file (cv2.fillPoly would add a row and a column
@@ -37,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 from pycocotools import mask as mask_utils
 
-from datasets.coco_checks import is_inside
-from datasets.image_io import EXIF_ORIENTATION_TAG, IMAGE_SUFFIXES, ImagePolicy
+from datasets.image_header import header_size
+from datasets.image_io import IMAGE_SUFFIXES, ImagePolicy
 from datasets.images import files_inside
+from datasets.paths import is_inside, resolves_inside
 from datasets.reader import BOXES, AnnotationIndex, Reader, count_per_class
 from datasets.record import RawRecord, image_targets
 from datasets.transforms import SampleTransform
@@ -92,6 +93,10 @@ class YoloTxtDataset(Reader):
 
     def image_path(self, position: int) -> Path:
         return self.images[position]
+
+    def _keep(self, positions: list[int]) -> None:
+        self.images = [self.images[position] for position in positions]
+        self.objects = [self.objects[position] for position in positions]
 
     def load(self, position: int) -> RawRecord:
         image = self.read_image(self.images[position])
@@ -150,7 +155,7 @@ class YoloTxtDataset(Reader):
 
     def _split_images(self, config: dict, split: str, images_root: Path | None) -> list[Path]:
         if images_root is not None:  # the config's own folder replaces data.yaml's entry
-            return files_inside(Path(images_root), IMAGE_SUFFIXES)
+            return files_inside(Path(images_root), IMAGE_SUFFIXES, self._refuse)
         entries = config.get(split)
         if isinstance(entries, str):
             entries = [entries]
@@ -160,7 +165,8 @@ class YoloTxtDataset(Reader):
         images: list[Path] = []
         for entry in entries:
             source = self._split_entry(entry, split)
-            images += self._listed_images(source) if source.is_file() else files_inside(source, IMAGE_SUFFIXES)
+            images += self._listed_images(source) if source.is_file() else files_inside(source, IMAGE_SUFFIXES,
+                                                                                        self._refuse)
         return sorted(images)  # as Ultralytics: one order, whatever the entries' order
 
     def _split_entry(self, entry: str, split: str) -> Path:
@@ -198,7 +204,7 @@ class YoloTxtDataset(Reader):
             return ValueError(f"{where}: expected an image file ({', '.join(sorted(IMAGE_SUFFIXES))}), got {name!r}")
         if not path.is_file():
             return FileNotFoundError(f"{where}: expected an existing image, {path} not found")
-        if not path.resolve().is_relative_to(self.root.resolve()):
+        if not resolves_inside(path, self.root):
             return ValueError(f"{where}: {path} resolves outside the dataset root {self.root.resolve()}")
         return path
 
@@ -206,7 +212,7 @@ class YoloTxtDataset(Reader):
         if not label.is_file():
             return _Objects(np.zeros(0, np.int64), np.zeros((0, 4)), [])  # Ultralytics: a background image
         tree = labels_tree(label)
-        if not label.resolve().is_relative_to(tree.resolve()):
+        if not resolves_inside(label, tree):
             raise ValueError(f"{label}: resolves outside its labels folder {tree.resolve()}")
         parsed = [_parse_line(text, f"{label}: line {number}", len(self.class_names))
                   for number, text in enumerate(label.read_text().splitlines(), start=1) if text.strip()]
@@ -214,15 +220,16 @@ class YoloTxtDataset(Reader):
         boxes = np.array([box for _, box, _ in parsed], np.float64).reshape(-1, 4)
         return _Objects(classes, boxes, [polygon for _, _, polygon in parsed])
 
+    def _refuse(self, error: Exception) -> None:
+        self.skip("images", error)
+
     def _size_on_disk(self, image: Path) -> np.ndarray | None:
-        """(width, height) as the image is read: EXIF orientations 5-8 (a quarter turn) swap them."""
+        """(width, height) as the image is read (EXIF orientation applied), from its header."""
         try:
-            with Image.open(image) as opened:
-                width, height = opened.size
-                turned = self.policy.exif_orientation and opened.getexif().get(EXIF_ORIENTATION_TAG, 1) in (5, 6, 7, 8)
-        except (OSError, ValueError, SyntaxError):
+            height, width = header_size(image, self.policy.exif_orientation)
+        except (OSError, ValueError):
             return None
-        return np.array([height, width] if turned else [width, height], np.float64)
+        return np.array([width, height], np.float64)
 
     # ---- targets -------------------------------------------------------------------------------
 

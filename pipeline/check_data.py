@@ -3,15 +3,22 @@
 `run_check_data` reads every split of a config in full (datasets/inspection.py), relates the boxes to each
 detection head (strides, anchors, box sizes in network-input pixels), draws augmented training samples with
 their targets to `samples.png`, and writes everything to `check_data.json`; `render_text` is what the CLI
-prints. `check_trainable` is the cheap part (annotations plus a few decoded images per source) that
-`pipeline/train.py` runs through `require_trainable` before it starts anything.
+prints. `check_trainable` is the cheap part that `pipeline/train.py` runs through `require_trainable` before
+it starts anything, so no work is lost to a fault that could have been caught: the files of every image of
+both splits (headers and sizes, not pixels: datasets/screening.py; with data.skip_invalid the bad ones are
+dropped from the split here, counted and logged, so the loader never meets them), the annotations of every
+image, and a few decoded images per source (for what only pixels tell: constant images, the targets of
+formats without an annotation index).
 
-Errors (training would be meaningless, so `train` refuses and `check-data` exits 1):
+Errors (training would be meaningless or would fail, so `train` refuses and `check-data` exits 1):
   (a) every sampled training image of a source is constant after the image policy;
   (b) a class with no instance at all in the training split (known, not guessed from a sample);
   (c) a detection head whose training boxes are mostly below what its finest stride resolves: the median
       box's longer side, in network-input pixels, under half the finest stride (see `box_scale_problem`);
-  (d) a split with no images, or none of the sampled images readable.
+  (d) a split with no images; without data.skip_invalid, any image that cannot be read (each named); with
+      it, none of the sampled images readable;
+  (e) a head with nothing to learn from in a split: no image labels for classification, no masks for
+      segmentation, no boxes for detection (known from the annotations, or from the format's targets).
 Everything else worth a look is a warning.
 """
 from __future__ import annotations
@@ -31,8 +38,10 @@ from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from datasets.build import seed_augmentations
-from datasets.inspection import ClassCount, SourceReport, SplitReport, inspect_split, sample_positions
+from datasets.inspection import ClassCount, Finding, SourceReport, SplitReport, inspect_split, sample_positions
+from datasets.reader import BOXES, IMAGE_LABELS
 from datasets.sample import IGNORE_INDEX, Sample
+from datasets.screening import Unreadable, screen
 from datasets.summary import input_box_sizes, summarize
 from heads.anchors import shape_iou
 from heads.registry import head_class
@@ -49,6 +58,10 @@ POOR_ANCHOR_WARNING = 0.2       # warn when more than this fraction of boxes is 
 MAX_LISTED = 10                 # paths shown per list in the text report (all of them are in the JSON)
 MAX_PROBLEMS_SHOWN = 30
 CLASS_USING_KINDS = ("classification", "segmentation", "detection")
+HEAD_TARGETS = {"classification": "labels", "segmentation": "masks", "detection": "boxes"}  # SourceReport.targets
+TARGET_WORDS = {"labels": "image labels (a class folder, or objects to take the image's class from)",
+                "masks": "masks", "boxes": "boxes"}
+SPLIT_WORDS = {"train": "training", "val": "validation"}
 
 # Drawing: class colours (matplotlib's tab10), grey for everything "ignore" (mask pixels and regions).
 CLASS_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -143,10 +156,22 @@ def run_check_data(config: Config, out_dir: str | Path | None = None, samples: i
 
 
 def check_trainable(splits: DataSplits, config: Config) -> list[str]:
-    """The errors of the cheap pass: annotations of every image, a few decoded images per source."""
-    reports = {name: inspect_split(dataset, GUARD_DECODE_LIMIT, name)
-               for name, dataset in (("train", splits.train), ("val", splits.val))}
+    """The errors of the cheap pass (module docstring). With data.skip_invalid, unreadable images are dropped
+    from `splits` first, so every later fact is about what training will read."""
+    named = (("train", splits.train), ("val", splits.val))
+    unreadable = {name: screen(dataset, name) for name, dataset in named}
+    reports = {name: inspect_split(dataset, GUARD_DECODE_LIMIT, name) for name, dataset in named}
+    for name, found in unreadable.items():
+        add_unreadable(reports[name], found)
     return trainability_problems(reports, config)
+
+
+def add_unreadable(report: SplitReport, found: list[Unreadable]) -> None:
+    """The screen's findings as the report's own, once per file (a sampled image may have failed to decode too)."""
+    for entry in found:
+        source = next(source for source in report.sources if source.name == entry.source)
+        if str(entry.path) not in {finding.path for finding in source.problems}:
+            source.problems.append(Finding(entry.reason, str(entry.path)))
 
 
 def require_trainable(splits: DataSplits, config: Config) -> None:
@@ -160,12 +185,15 @@ def require_trainable(splits: DataSplits, config: Config) -> None:
 def trainability_problems(reports: dict[str, SplitReport], config: Config) -> list[str]:
     problems = []
     for name, report in reports.items():
-        problems += [p for source in report.sources if (p := unreadable_problem(source, name))]
+        problems += [p for source in report.sources
+                     if (p := unreadable_problem(source, name, config.data.skip_invalid))]
     problems += [p for source in reports["train"].sources if (p := constant_problem(source))]
-    if any(head_class(head.type).kind in CLASS_USING_KINDS for head in config.model.heads.values()):
+    if reports["train"].images and any(head_class(head.type).kind in CLASS_USING_KINDS
+                                       for head in config.model.heads.values()):
         problems += [f"data.train: class {name!r} has no instance in the training split (no box, no mask pixel, "
                      f"no image label): nothing can learn it; add examples or drop the class from the class list"
                      for name in reports["train"].certainly_absent()]
+    problems += unlabelled_task_problems(reports, config)
     for task, head in detection_heads(config):
         problem = box_scale_problem(task, head, reports["train"].box_sizes, config)
         if problem:
@@ -173,15 +201,61 @@ def trainability_problems(reports: dict[str, SplitReport], config: Config) -> li
     return problems
 
 
-def unreadable_problem(source: SourceReport, split: str) -> str | None:
-    """(d): no images, or every one looked at failed to load."""
+def unreadable_problem(source: SourceReport, split: str, skip_invalid: bool) -> str | None:
+    """(d): no images; unreadable images, each named (with skip_invalid training skips them: only when every
+    one looked at failed)."""
+    where = f"data.{split} ({source.name}, {source.where})"
     if source.images == 0:
-        return f"data.{split} ({source.name}, {source.where}): no images"
+        return f"{where}: the {SPLIT_WORDS.get(split, split)} split has no images"
+    reasons = [finding.reason for finding in source.problems if finding.path]
+    if reasons and not skip_invalid:
+        return (f"{where}: {len(reasons)} image(s) cannot be read (data.skip_invalid: true drops them before "
+                f"training, counted and logged): {_listed(reasons, separator='; ')}")
     if source.decoded and not source.readable:
-        reasons = "; ".join(f.reason for f in [f for f in source.problems if f.path][:3])
-        return (f"data.{split} ({source.name}, {source.where}): none of the {source.decoded} images looked at "
-                f"could be read, e.g. {reasons}")
+        return (f"{where}: none of the {source.decoded} images looked at could be read, e.g. "
+                f"{_listed(reasons, 3, '; ')}")
     return None
+
+
+def unlabelled_task_problems(reports: dict[str, SplitReport], config: Config) -> list[str]:
+    """(e): a head whose target no image of a split has. Its loss would be exactly 0 at every step, without a
+    word (a missing target is skipped, not an error, so partially labelled mixtures train), or its validation
+    metrics empty."""
+    problems = []
+    for task, head in config.model.heads.items():
+        target = HEAD_TARGETS.get(head_class(head.type).kind)
+        for split, report in reports.items():
+            if target is None or not report.images or not all(_certainly_without(s, target) for s in report.sources):
+                continue
+            sources = "; ".join(f"{source.name}, {source.where}" for source in report.sources)
+            effect = ("it would learn nothing: its loss is 0 at every step" if split == "train"
+                      else "its validation metrics would be empty")
+            problems.append(f"model.heads.{task} ({head.type}): no {TARGET_WORDS[target]} in any image of the "
+                            f"{SPLIT_WORDS.get(split, split)} split, data.{split} ({sources}): {effect}; give the "
+                            f"split {target} or drop the head")
+    return problems
+
+
+def _certainly_without(source: SourceReport, target: str) -> bool:
+    """True when no image of the source has `target`, known rather than guessed from a sample: the format
+    does not give it (its targets are known from the annotations, or from the images read), or it does and
+    the counts over every image are zero."""
+    if source.images == 0:
+        return True
+    if not (source.exhaustive or source.readable):
+        return False  # nothing known: nothing read, and no annotation index
+    if target not in source.targets:
+        return True
+    if target == "boxes":
+        return _none_counted(source, BOXES)
+    if target == "labels":  # a class folder's label, or the largest of the image's objects (record.image_targets)
+        return _none_counted(source, IMAGE_LABELS) or ("boxes" in source.targets and _none_counted(source, BOXES))
+    return False  # masks: given wherever the format gives them; their pixels are only counted on images decoded
+
+
+def _none_counted(source: SourceReport, kind: str) -> bool:
+    """Zero of this kind, counted over every image."""
+    return source.counted_over.get(kind) == source.images and sum(getattr(c, kind) for c in source.classes) == 0
 
 
 def constant_problem(source: SourceReport) -> str | None:
@@ -312,7 +386,7 @@ def _source_warnings(split: str, source: SourceReport) -> list[str]:
     warnings = []
     if source.problems:
         warnings.append(f"{where}: {len(source.problems)} entries skipped or unreadable (listed under problems; "
-                        "with data.skip_invalid training skips them, without it stops at the first)")
+                        "with data.skip_invalid training skips them, without it they are errors)")
     if source.constant_images and len(source.constant_images) < source.readable:
         warnings.append(f"{where}: {len(source.constant_images)} image(s) constant after the image policy: "
                         f"{_listed(source.constant_images)}")
@@ -322,8 +396,8 @@ def _source_warnings(split: str, source: SourceReport) -> list[str]:
     return warnings
 
 
-def _listed(paths: list[str], limit: int = MAX_LISTED) -> str:
-    shown = ", ".join(paths[:limit])
+def _listed(paths: list[str], limit: int = MAX_LISTED, separator: str = ", ") -> str:
+    shown = separator.join(paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from datasets.shapes import generate_shapes
 from datasets.shapes_variants import write_shapes_variant_splits
 from pipeline.config import DataConfig, split_paths
 from pipeline.distributed import DistInfo
-from pipeline.typed_config import ConfigError
+from pipeline.typed_config import ConfigError, DataCheckError
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +60,34 @@ def build_splits(config: DataConfig, image_policy: ImagePolicy | None = None) ->
     ensure_shapes(config)
     options = read_options(config, image_policy)
     if config.sources:
-        mixture = build_mixture(config.sources, options)
+        with data_errors("data.sources"):
+            mixture = build_mixture(config.sources, options)
         train, val = mixture.train, mixture.val
     else:
-        train = build_dataset(config.format, *split_paths(config.train), train=True, options=options, split="train")
-        val = build_dataset(config.format, *split_paths(config.val), train=False, options=options, split="val",
-                            class_names=list(train.class_names))
-    policy = resolved_policy(options.policy, train)
+        with data_errors("data.train"):
+            train = build_dataset(config.format, *split_paths(config.train), train=True, options=options,
+                                  split="train")
+        with data_errors("data.val"):
+            val = build_dataset(config.format, *split_paths(config.val), train=False, options=options, split="val",
+                                class_names=list(train.class_names))
+    with data_errors("data.train"):
+        policy = resolved_policy(options.policy, train)
     for dataset in (train, val):
         set_policy(dataset, policy)
     return DataSplits(train, val, list(train.class_names), list(train.category_ids), policy)
+
+
+@contextmanager
+def data_errors(key: str) -> Iterator[None]:
+    """A reader's ValueError (by the reader contract: bad data, naming the file and what was expected) raised as
+    the DataCheckError the CLI reports as a user error, exit status 2 without a traceback, under the config key
+    of the split it came from."""
+    try:
+        yield
+    except (ConfigError, DataCheckError):
+        raise
+    except ValueError as error:
+        raise DataCheckError(f"{key}: {error}") from error
 
 
 def stored_image_policy(state: dict) -> ImagePolicy | None:
