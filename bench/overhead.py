@@ -245,7 +245,7 @@ class TrainerEpochs:
 
     def epoch(self) -> None:
         self.trainer.tracker = self.tracker
-        self.trainer.train_epoch(self.trainer.position.global_step // self.trainer.steps_per_epoch)
+        self.trainer.train_epoch(self.trainer.state.position.global_step // self.trainer.steps_per_epoch)
 
 
 def timed(run: Callable[[], None]) -> float:
@@ -321,7 +321,7 @@ def bench_mlflow(setup: Setup, rounds: int) -> tuple[Comparison, float, dict[str
     end = timed(tracker.end)
     comparison = Comparison("MLflow on vs off", "tracker=None", "Tracker, sqlite, log_every=1", setup.sizes,
                             base, cand, 0.99)
-    return comparison, end, trainer.last_step
+    return comparison, end, trainer.state.last_step
 
 
 def logging_cost(setup: Setup, values: dict[str, float], folder: str, pace: float, steps: int = 60) -> LoggingCost:

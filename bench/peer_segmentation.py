@@ -118,8 +118,9 @@ def run_ours(data: Path, args, epochs: int, seed: int, scratch: Path) -> dict:
 def ours_file_name(dataset, image_id: int) -> str | None:
     """The tile's file name, to take the same ground truth as the peer (COCO: the image entry; mask folder:
     the image_id is the pair's position); None when the reader exposes neither."""
-    if hasattr(dataset, "coco"):
-        return dataset.coco.imgs[image_id]["file_name"]
+    if hasattr(dataset, "file_name"):
+        (position,) = np.flatnonzero(dataset.image_ids == image_id)
+        return dataset.file_name(int(position))
     if hasattr(dataset, "pairs"):
         return Path(dataset.pairs[image_id][0]).name
     return None

@@ -1,4 +1,4 @@
-"""Eager, cheap validation of a COCO annotation dict before pycocotools sees it.
+"""Eager, cheap validation of a COCO annotation dict before the reader stores it (datasets/coco_storage.py).
 
 Every message names the annotation file, the field and what was expected, e.g.
 `annotations.json: annotations[12].bbox: expected 4 numbers [x, y, w, h] with w, h > 0, got [1, 2, -3, 4]`.
@@ -28,7 +28,7 @@ class DroppedAnnotation:
 
 @dataclass
 class CheckedCoco:
-    dataset: dict                               # only valid images and annotations; safe for pycocotools
+    dataset: dict                               # only valid images and annotations, as in the file
     image_index: dict[int, int]                 # image id -> position in the file's images[] (for messages)
     skipped: dict[str, int] = field(default_factory=lambda: {"images": 0, "annotations": 0})
     reasons: list[str] = field(default_factory=list)  # every skipped entry's message
@@ -137,7 +137,7 @@ def _checked_annotations(
             if isinstance(ann, dict) and _is_int(ann.get("image_id")) and ann["image_id"] in images:
                 checked.dropped.append(_dropped(ann, images[ann["image_id"]], category_ids))
             continue
-        valid.append(_normalised_annotation(ann, i))
+        valid.append(ann)
     return valid
 
 
@@ -186,14 +186,18 @@ def _segmentation_problem(segmentation: object, where: str, image: dict) -> Exce
         return None
     if isinstance(segmentation, dict):
         size = [image["height"], image["width"]]
-        if segmentation.get("size") != size or not isinstance(segmentation.get("counts"), (str, list)):
+        counts = segmentation.get("counts")
+        # Uncompressed counts are run lengths: pycocotools reads them as uint32, and none can exceed the image.
+        runs_ok = isinstance(counts, list) and (not counts or set(map(type, counts)) == {int}
+                                                and 0 <= min(counts) and max(counts) <= size[0] * size[1])
+        if segmentation.get("size") != size or not (isinstance(counts, str) or runs_ok):
             return ValueError(
-                f"{where}.segmentation: expected RLE {{'size': {size}, 'counts': str | list}}, got {_short(segmentation)}"
+                f"{where}.segmentation: expected RLE {{'size': {size}, 'counts': str | list of run lengths "
+                f"0..{size[0] * size[1]}}}, got {_short(segmentation)}"
             )
         return None
     polygons_ok = isinstance(segmentation, list) and all(
-        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_finite_number(v) for v in p)
-        for p in segmentation
+        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and _all_finite_numbers(p) for p in segmentation
     )
     if not polygons_ok:
         return ValueError(
@@ -203,21 +207,18 @@ def _segmentation_problem(segmentation: object, where: str, image: dict) -> Exce
     return None
 
 
-def _normalised_annotation(ann: dict, index: int) -> dict:
-    """Fill the optional fields pycocotools reads, so it never sees a missing key."""
-    x, y, w, h = (float(v) for v in ann["bbox"])
-    normal = {**ann, "bbox": [x, y, w, h], "iscrowd": int(ann.get("iscrowd", 0))}
-    normal.setdefault("id", index + 1)
-    normal.setdefault("area", w * h)
-    return normal
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _all_finite_numbers(values: list) -> bool:
+    """_is_finite_number of every value (JSON numbers are exactly int or float; bool is not int here), checked
+    value by value in C rather than in a Python loop: COCO's polygons hold some 50 million numbers."""
+    return set(map(type, values)) <= {int, float} and all(map(math.isfinite, values))
 
 
 def _short(value: object, limit: int = 80) -> str:

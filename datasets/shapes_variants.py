@@ -103,7 +103,7 @@ def _write_mask_part(partial: Path, source: CocoDataset) -> None:
         lut[k + 1] = MASK_CLASSES.index(category["name"]) + 1
     (partial / "masks/classes.txt").write_text("\n".join(MASK_CLASSES) + "\n")
     for position in range(1, len(source), 3):
-        name = Path(source.coco.imgs[source.image_ids[position]]["file_name"]).name
+        name = Path(source.file_name(position)).name
         mask = source.read_record(position).mask
         cv2.imwrite(str(partial / "masks/masks" / Path(name).with_suffix(".png")), lut[mask])
         os.replace(partial / "_all/images" / name, partial / "masks/images" / name)

@@ -4,7 +4,10 @@
 Delta_m (Maninis et al. 2019; Vandenhende et al. 2021) is the mean over tasks of the relative change of
 each task's main metric, sign-corrected so that positive is better:
     Delta_m = 100 / T * sum_t (-1)^{l_t} (M_multi,t - M_single,t) / M_single,t,   l_t = 1 if lower is better.
-The comparison is one MLflow parent run; every training run is its child.
+The comparison is one MLflow parent run; every training run is its child. Under torchrun every rank trains
+its part of each run, rank 0 alone opens the parent run, logs to it and writes the report.
+Inference is timed as validation runs: on the training device (cuda:<local rank> under torchrun), with its
+mixed precision.
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Config, config_to_dict
+from pipeline.device import Precision, select_precision
+from pipeline.distributed import DistInfo, broadcast_from_main, init_distributed, shutdown
 from pipeline.eval_checkpoint import model_from_checkpoint
 from pipeline.model import MultiTaskModel
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, resolve_uri
 from pipeline.train import run_training
 
 # The metric each head kind is judged by, and whether higher is better; the first one a head reports counts.
@@ -107,51 +112,93 @@ def train_and_measure(config: Config, parent_run_id: str) -> tuple[RunSummary, M
 
 
 @torch.no_grad()
-def inference_seconds(models: dict[str, MultiTaskModel], images: torch.Tensor, repeats: int = 7) -> dict[str, float]:
-    """Median time of forward + decode on `images` per model, the models interleaved in every round so a
-    noisy machine slows them alike."""
+def inference_seconds(models: dict[str, MultiTaskModel], images: torch.Tensor, device: torch.device,
+                      precision: Precision | None = None, repeats: int = 7) -> dict[str, float]:
+    """Median time of forward + decode on `images` per model on `device` (the models and images are moved
+    there) under `precision`'s autocast, the models interleaved in every round so a noisy machine slows them
+    alike."""
+    precision = precision or Precision(None, device.type)
+    images = images.to(device)
     for model in models.values():
-        model.eval()
+        model.to(device).eval()
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats + 1):  # the first round warms up
         for name, model in models.items():
+            synchronize(device)
             start = time.perf_counter()
-            outputs = model(images)
-            for task, head in model.heads.items():
-                head.decode(outputs[task])
+            with precision.autocast():
+                outputs = model(images)
+                for task, head in model.heads.items():
+                    head.decode(outputs[task])
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values[1:]) for name, values in times.items()}
 
 
+def synchronize(device: torch.device) -> None:
+    """CUDA returns before its kernels finish: the clock must wait for them, and for the work queued before."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_compare(config: Config) -> tuple[Comparison, Path]:
     """Train every task alone, then all together, as children of one MLflow parent run; the report is
-    written to <output_dir>/<name>/compare-<parent run id>.md and logged with the parent run."""
-    tracker = Tracker(dataclasses.replace(config.tracking, run_name=f"{config.name}: multi-task vs single-task"))
-    parent = tracker.start(config_to_dict(config), tags={"mlflow.source.name": "python -m pipeline compare"})
+    written to <output_dir>/<name>/compare-<parent run id>.md and logged with the parent run (by rank 0)."""
+    resolve_uri(config.tracking)  # a store URI that can never work stops every rank, not only rank 0
+    dist, device = init_distributed(config.train.device)
     try:
-        comparison = _compare(config, parent)
-        tracker.log_metrics({"compare/delta_m_percent": comparison.delta_m,
-                             "compare/train_time_ratio": comparison.train_time_ratio,
-                             "compare/inference_time_ratio": comparison.inference_time_ratio,
-                             "compare/parameter_ratio": comparison.parameter_ratio}, step=0)
-        path = Path(config.output_dir) / config.name / f"compare-{parent}.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report(comparison) + "\n")
-        tracker.log_artifact(path)
+        return _run_compare(config, dist, device)
+    finally:
+        shutdown()  # each training leaves the process group; this is for a comparison stopped before one
+
+
+def _run_compare(config: Config, dist: DistInfo, device: torch.device) -> tuple[Comparison, Path]:
+    tracker, parent = open_parent_run(config, dist)
+    # Every rank's training names the same parent run (rank 0's tracker tags the child with it), and every
+    # rank returns the same report path.
+    parent = broadcast_from_main(parent, dist)
+    path = Path(config.output_dir) / config.name / f"compare-{parent}.md"
+    try:
+        comparison = _compare(config, parent, device)
+        if tracker:
+            record(tracker, comparison, path)
     except BaseException:
-        tracker.end("FAILED")
+        if tracker:
+            tracker.end("FAILED")
         raise
-    tracker.end("FINISHED")
+    if tracker:
+        tracker.end("FINISHED")
     return comparison, path
 
 
-def _compare(config: Config, parent: str) -> Comparison:
+def open_parent_run(config: Config, dist: DistInfo) -> tuple[Tracker | None, str | None]:
+    """The comparison's parent run and its tracker, on rank 0; (None, None) on the other ranks (their child
+    runs are rank 0's)."""
+    if not dist.is_main:
+        return None, None
+    tracker = Tracker(dataclasses.replace(config.tracking, run_name=f"{config.name}: multi-task vs single-task"))
+    parent = tracker.start(config_to_dict(config), tags={"mlflow.source.name": "python -m pipeline compare"})
+    return tracker, parent
+
+
+def record(tracker: Tracker, comparison: Comparison, path: Path) -> None:
+    """The comparison's figures on the parent run, and its report at `path` and as the run's artifact."""
+    tracker.log_metrics({"compare/delta_m_percent": comparison.delta_m,
+                         "compare/train_time_ratio": comparison.train_time_ratio,
+                         "compare/inference_time_ratio": comparison.inference_time_ratio,
+                         "compare/parameter_ratio": comparison.parameter_ratio}, step=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report(comparison) + "\n")
+    tracker.log_artifact(path)
+
+
+def _compare(config: Config, parent: str, device: torch.device) -> Comparison:
     singles, models = {}, {}
     for task in config.model.heads:
         singles[task], models[task] = train_and_measure(single_task_config(config, task), parent)
     multi, models["multi"] = train_and_measure(config, parent)
     images = validation_images(config)
-    seconds = inference_seconds(models, images)
+    seconds = inference_seconds(models, images, device, select_precision(config.train.amp, device))
     for task, summary in singles.items():
         summary.inference_seconds = seconds[task]
     multi.inference_seconds = seconds["multi"]

@@ -129,15 +129,29 @@ class ModelConfig:
 class OptimizerConfig:
     name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
     lr: float = 1e-3                    # base learning rate (backbone stages: times model.backbone.stage_lr)
-    weight_decay: float = 1e-4          # penalty strength lambda
+    weight_decay: float | None = None   # penalty strength lambda; null: by optimiser, see default_weight_decay
     # l2: the optimiser's own weight decay (decoupled for AdamW); l1: lambda * sum|w| added to the loss;
     # elastic_net: lambda * (l1_ratio * sum|w| + (1 - l1_ratio) / 2 * sum w^2) added to the loss.
     penalty: Literal["l2", "l1", "elastic_net"] = "l2"
+    # false: the penalty spares biases and norm scales/shifts (every 1-D parameter), as timm does; true: all
+    decay_norm_and_bias: bool = False
     l1_ratio: float = 0.5               # elastic_net only
     momentum: float = 0.9               # sgd, rmsprop
     nesterov: bool = True               # sgd only (needs momentum > 0)
     betas: tuple[float, float] = (0.9, 0.999)   # adam, adamw
     eps: float = 1e-8                   # adam, adamw, rmsprop
+
+    def __post_init__(self) -> None:
+        # Resolved here, so the value used is the one recorded (resolved config, MLflow params, checkpoint).
+        if self.weight_decay is None:
+            self.weight_decay = self.default_weight_decay(self.name)
+
+    @staticmethod
+    def default_weight_decay(name: str) -> float:
+        """AdamW's decay is decoupled: each step shrinks w by lr x weight_decay, so with lr 1e-3 a coupled-style
+        1e-4 is 1e-7 a step, i.e. off; 0.05 is timm's usual (ConvNeXt, DeiT). sgd, adam and rmsprop add
+        weight_decay x w to the gradient (coupled l2), where 1e-4 is the usual ImageNet value."""
+        return 0.05 if name == "adamw" else 1e-4
 
 
 @dataclass

@@ -7,10 +7,14 @@ MLflow reads its retry and timeout settings from environment variables at each r
 exponential backoff and a 120 s timeout) and offers no per-client setting. `bounded_http` sets them only for
 the duration of one of our calls, leaves any the user set alone, and restores them afterwards. While it is
 held, other threads' MLflow calls see the same bounds; training makes no other MLflow calls.
+
+Also what an MLflow error says about the store: it refused (is_rejection), it could not be reached
+(is_unreachable), and how much of the message to show (short_error, full_error).
 """
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,7 +78,60 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
                 os.environ["MLFLOW_TRACKING_URI"] = exported
 
 
+def is_unreachable(error: BaseException) -> bool:
+    """True when the store could not be reached or did not answer in time: a connection refused or reset, a
+    host name that does not resolve, a timeout, a server that kept failing (5xx, 429) through MLflow's
+    retries, a database server that refused the connection or a sqlite file another process holds locked.
+    Going on locally and sending later can help. False for everything else: the store answered and refused,
+    or its URI or settings are wrong, which going on locally would only hide."""
+    import requests
+    import sqlalchemy.exc
+
+    for cause in _causes(error):
+        if isinstance(cause, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                              ConnectionError, TimeoutError)):
+            return True
+        if isinstance(cause, sqlalchemy.exc.OperationalError):
+            # A database server's OperationalError is a lost or refused connection; a sqlite file's is one only
+            # when another process holds its lock (otherwise the path cannot be opened at all).
+            return "locked" in str(cause.orig) if isinstance(cause.orig, sqlite3.Error) else True
+    return False
+
+
+def came_over_http(error: BaseException) -> bool:
+    """True for a failed HTTP request to the store, whose message can hold the server's (or a proxy's) whole
+    HTML error page."""
+    import requests
+    from mlflow.exceptions import RestException
+
+    for cause in _causes(error):
+        if isinstance(cause, (requests.RequestException, RestException)):
+            return True
+        # MLflow's wording for a request that failed or got an answer that is not MLflow's JSON.
+        if isinstance(cause, MlflowException) and str(cause.message).startswith("API request to"):
+            return True
+    return False
+
+
+def _causes(error: BaseException | None) -> Iterator[BaseException]:
+    """The error and those it was raised from or while handling (MLflow re-raises requests' errors in both ways)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def short_error(error: BaseException) -> str:
-    """The first line of an error, for a one-line warning (MLflow's messages can run to pages)."""
+    """The first line of an error, for a one-line warning (MLflow's messages can run to pages: a failed HTTP
+    request's message holds the server's whole HTML error page)."""
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def full_error(error: BaseException) -> str:
+    """The whole message, where its details are the reason (torch.export's account of what it could not
+    trace); a failed HTTP request's is cut to its first line (short_error)."""
+    if came_over_http(error):
+        return short_error(error)
+    return str(error).strip() or type(error).__name__

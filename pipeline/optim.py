@@ -1,4 +1,7 @@
-"""The optimiser and the weight penalty from the config (the lr schedules are in pipeline/schedules.py)."""
+"""The optimiser and the weight penalty from the config (the lr schedules are in pipeline/schedules.py).
+
+Names (`name`, `penalty`) are checked by the typed config (their Literal types), so nothing here repeats them.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,18 +10,8 @@ from torch import nn
 from pipeline.config import BackboneConfig, OptimizerConfig
 from pipeline.model import MultiTaskModel
 from pipeline.transfer import parameter_groups
-from pipeline.typed_config import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-PENALTIES = ("l2", "l1", "elastic_net")
-
-
-def check_optimizer(config: OptimizerConfig) -> None:
-    if config.name not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer.name: expected one of {', '.join(OPTIMIZERS)}, got {config.name!r}")
-    if config.penalty not in PENALTIES:
-        raise ConfigError(f"train.optimizer.penalty: expected one of {', '.join(PENALTIES)}, got {config.penalty!r}")
-    # Ranges (weight_decay >= 0, l1_ratio in [0, 1]) are checked when the config is parsed: config_ranges.py
+NO_DECAY = ".no_decay"  # suffix of the group that holds a stage's (or the heads') biases and norm parameters
 
 
 def build_optimizer(model: MultiTaskModel, config: OptimizerConfig, backbone: BackboneConfig) -> torch.optim.Optimizer:
@@ -27,9 +20,10 @@ def build_optimizer(model: MultiTaskModel, config: OptimizerConfig, backbone: Ba
     The optimiser's own weight decay is the l2 penalty; with l1 or elastic_net it is 0 and `penalty` adds
     the term to the loss instead.
     """
-    check_optimizer(config)
-    groups = parameter_groups(model, model.backbone, config.lr, backbone.stage_lr)
     decay = config.weight_decay if config.penalty == "l2" else 0.0
+    groups = parameter_groups(model, model.backbone, config.lr, backbone.stage_lr)
+    if not config.decay_norm_and_bias:
+        groups = split_no_decay(groups)
     if config.name == "sgd":
         # Nesterov needs momentum (torch rejects it otherwise): momentum 0 means plain SGD.
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=decay,
@@ -41,13 +35,32 @@ def build_optimizer(model: MultiTaskModel, config: OptimizerConfig, backbone: Ba
     return adam(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=decay)
 
 
-def decaying_weights(model: nn.Module) -> list[nn.Parameter]:
-    """Trainable weights of >= 2 dimensions (conv kernels, linear matrices).
+def decays(parameter: nn.Parameter) -> bool:
+    """Whether a penalty applies by default: weights of >= 2 dimensions (conv kernels, linear matrices).
 
-    Biases and normalisation scales/shifts (the 1-D tensors) are left out, as is usual: they are few, shrinking
-    them barely limits capacity, and pulling a BatchNorm scale to zero switches its channel off.
+    Biases and normalisation scales/shifts (the 1-D tensors) are left out, as timm does: they are few,
+    shrinking them barely limits capacity, and pulling a BatchNorm scale to zero switches its channel off.
     """
-    return [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    return parameter.ndim > 1
+
+
+def split_no_decay(groups: list[dict]) -> list[dict]:
+    """Each group as two with its lr: `name` (decaying weights) and `name.no_decay` (weight_decay 0).
+
+    Own code rather than timm's param_groups_weight_decay, which drops frozen parameters and our group names.
+    The decaying part keeps the name, so `group_lr(optimizer, "heads")` still finds the heads' lr.
+    """
+    split = []
+    for group in groups:
+        split.append({**group, "params": [p for p in group["params"] if decays(p)]})
+        split.append({**group, "name": group["name"] + NO_DECAY, "weight_decay": 0.0,
+                      "params": [p for p in group["params"] if not decays(p)]})
+    return [group for group in split if group["params"]]
+
+
+def penalised_weights(model: nn.Module, config: OptimizerConfig) -> list[nn.Parameter]:
+    """The trainable parameters the l1 / elastic-net term covers: the same rule as the optimiser's decay."""
+    return [p for p in model.parameters() if p.requires_grad and (config.decay_norm_and_bias or decays(p))]
 
 
 def penalty(model: nn.Module, config: OptimizerConfig) -> torch.Tensor | None:
@@ -55,13 +68,13 @@ def penalty(model: nn.Module, config: OptimizerConfig) -> torch.Tensor | None:
 
     l2 returns None: the optimiser applies it as weight decay (see build_optimizer).
     """
-    weights = decaying_weights(model)
-    if config.penalty == "l2" or config.weight_decay == 0 or not weights:
+    if config.penalty == "l2" or config.weight_decay == 0:
+        return None
+    weights = penalised_weights(model, config)
+    if not weights:
         return None
     l1 = torch.stack([p.abs().sum() for p in weights]).sum()
     if config.penalty == "l1":
         return config.weight_decay * l1
-    if config.penalty == "elastic_net":
-        squares = torch.stack([p.pow(2).sum() for p in weights]).sum()
-        return config.weight_decay * (config.l1_ratio * l1 + (1 - config.l1_ratio) / 2 * squares)
-    raise ConfigError(f"train.optimizer.penalty: expected one of {', '.join(PENALTIES)}, got {config.penalty!r}")
+    squares = torch.stack([p.pow(2).sum() for p in weights]).sum()  # elastic_net
+    return config.weight_decay * (config.l1_ratio * l1 + (1 - config.l1_ratio) / 2 * squares)

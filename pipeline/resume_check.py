@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from pipeline.config import Config, config_to_dict
+from pipeline.optim import build_optimizer
 from pipeline.typed_config import ConfigError
 
 # What may differ between the interrupted run and its continuation: how long, where, how it is logged and
@@ -30,7 +31,7 @@ def check_resumable(checkpoint: Path, state: dict[str, Any], config: Config, cla
     if saved_classes is not None and list(saved_classes) != list(class_names):
         differences.append(f"classes: checkpoint {list(saved_classes)}, data {list(class_names)}")
     if not differences:  # same setup, yet the tensors may not fit (e.g. a checkpoint of older code)
-        differences = tensor_differences(state["model"], model)
+        differences = tensor_differences(state["model"], model) + optimizer_differences(state, config, model)
     if differences:
         listed = differences[:MAX_LISTED] + ([f"... {len(differences) - MAX_LISTED} more"]
                                              if len(differences) > MAX_LISTED else [])
@@ -56,6 +57,19 @@ def flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
             leaves.update(flatten(value, f"{prefix}{key}."))
         return leaves
     return {prefix.rstrip("."): list(raw) if isinstance(raw, tuple) else raw}
+
+
+def optimizer_differences(state: dict[str, Any], config: Config, model: nn.Module) -> list[str]:
+    """The optimiser's parameter groups (name, size) in the checkpoint against those this code builds: a
+    checkpoint of older code may group them otherwise (e.g. before norms and biases had a group of their own)."""
+    saved = [(group.get("name"), len(group["params"])) for group in state["optimizer"]["param_groups"]
+             if group.get("name") != "weighting"]     # the learned task weights' group: decided by model.weighting
+    built = [(group["name"], len(group["params"]))
+             for group in build_optimizer(model, config.train.optimizer, config.model.backbone).param_groups]
+    if saved == built:
+        return []
+    return [f"optimizer parameter groups: checkpoint {saved}, this code {built} (a checkpoint written before "
+            "norms and biases got their own no-decay groups resumes with train.optimizer.decay_norm_and_bias=true)"]
 
 
 def tensor_differences(saved: dict[str, Any], model: nn.Module) -> list[str]:

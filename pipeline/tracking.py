@@ -7,32 +7,43 @@ or `tracking.uri` override it. Only rank 0 makes a Tracker.
   store is away (pipeline/metric_sender.py). Every value is also appended to the run's local copy
   (`keep_local_copy`, pipeline/run_log.py), so whatever the store never got can be sent later with
   `python -m pipeline replay RUN_DIR`.
-- A store unreachable at `start` gives a local run id ("local-<hex>") and a warning; the run is then only
-  kept locally, for replay.
+- A URI no store can answer to (an unknown scheme, `sqlite:/x` with one slash, `http://` without a host) is a
+  ConfigError as soon as it is resolved (`resolve_uri`), before any training.
+- A store unreachable at `start` (connection refused, timeout) gives a local run id ("local-<hex>") and a
+  warning; the run is then only kept locally, for replay. A store that answers and refuses, or cannot be
+  opened (a sqlite folder that cannot be made), is a ConfigError instead: going on would hide it.
 - Artifacts, figures and the model never raise on a network failure: a warning, and the local copy notes
-  what was not uploaded.
+  what was not uploaded (for the model, with the whole reason: torch.export's account of what it could not
+  trace is the only way to fix it).
 - MLflow's HTTP retries are bounded for our calls (pipeline/mlflow_http.py), so a dead server costs seconds.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 import tempfile
+import urllib.parse
 import uuid
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
+import sqlalchemy.exc
 
 from pipeline.config import TrackingConfig
 from pipeline.metric_sender import MAX_BATCH, MetricSender
-from pipeline.mlflow_http import HttpLimits, bounded_http, short_error
+from pipeline.mlflow_http import HttpLimits, bounded_http, full_error, is_unreachable, short_error
 from pipeline.run_log import RunLog, last_logged_steps
+from pipeline.typed_config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +52,69 @@ LOCAL_RUN_PREFIX = "local-"
 MODEL_NAME = "model"                    # the logged model resolves as runs:/<run id>/model
 MAX_PARAMS_PER_BATCH = 100              # MLflow's cap on params per log_batch call
 MAX_PARAM_LENGTH = 6000
+OFFLINE_REASON = "the run is kept locally only: its MLflow store was unreachable when it started"
+
+
+URI_FORMS = "http(s)://host:port, sqlite:///path, file:/path or a folder"
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")   # MLflow's SQLAlchemy stores, "+driver" allowed
+OTHER_SCHEMES = ("databricks", "databricks-uc", "uc")           # MLflow's own; they need credentials to open
+# Errors of opening a store that say it cannot be used as configured (the store answered and refused, a sqlite
+# folder that cannot be made, a database driver that is not installed). Anything else is a bug: it propagates.
+STORE_ERRORS = (MlflowException, OSError, sqlalchemy.exc.SQLAlchemyError, ImportError)
 
 
 def resolve_uri(config: TrackingConfig) -> str:
-    return config.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else the local default. One no store can answer to is a
+    ConfigError naming where it came from; nothing is opened or connected to."""
+    uri = config.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    problem = uri_problem(uri)
+    if problem:
+        raise ConfigError(f"{uri_origin(config)}: {uri!r}: {problem}; expected {URI_FORMS}")
+    return uri
+
+
+def uri_origin(config: TrackingConfig) -> str:
+    if config.uri:
+        return "tracking.uri"
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default tracking URI"
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why MLflow could never open a store at `uri`, from its form alone; None when it may."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # parsing the port is the check
+    except ValueError as error:                 # an unclosed [IPv6] bracket, a port that is not a number
+        return f"not a URI ({error})"
+    scheme = parts.scheme.lower()
+    if uri in OTHER_SCHEMES:                    # "databricks" alone names a store, as MLflow reads it
+        return None
+    if scheme in ("", "file"):
+        if not MLFLOW_ALLOW_FILE_STORE.get():
+            return "a folder store, which MLflow refuses unless MLFLOW_ALLOW_FILE_STORE=true is exported"
+        return None
+    if scheme in ("http", "https"):
+        return None if parts.hostname else "no host"
+    if scheme == "sqlite":
+        # sqlite:/x and sqlite:x parse as URIs, but SQLAlchemy reads no database from them.
+        path = uri[len("sqlite:"):]
+        return None if path.startswith("///") and path[3:] else \
+            "a sqlite store needs three slashes before its path (four before an absolute one)"
+    if scheme.split("+")[0] in DATABASE_SCHEMES:
+        return None if parts.hostname else "no database host"
+    known = [*DATABASE_SCHEMES, "http", "https", "file", *OTHER_SCHEMES, *plugin_schemes()]
+    if scheme in known:
+        return None
+    near = difflib.get_close_matches(scheme, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    if parts.path.isdigit() and not parts.netloc:    # localhost:5000: a host and port without http://
+        hint = f" (a server needs http://: http://{uri})"
+    return f"unknown scheme {scheme!r}{hint}"
+
+
+def plugin_schemes() -> list[str]:
+    """Schemes installed MLflow plugins add (entry points of the group MLflow reads)."""
+    return [entry.name for entry in entry_points(group="mlflow.tracking_store")]
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -87,6 +157,14 @@ def absolute_uri(uri: str) -> str:
     return f"sqlite:///{local_db.resolve()}" if local_db else uri
 
 
+def open_client(uri: str) -> MlflowClient:
+    """A client of the store at `uri`; MLflow opens the store here (a sqlite file is created, with its folder)."""
+    local_db = sqlite_path(uri)
+    if local_db:
+        local_db.parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
 def log_params_and_tags(client: MlflowClient, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
     entries = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in params.items()]
     for i in range(0, len(entries), MAX_PARAMS_PER_BATCH):
@@ -100,13 +178,14 @@ class Tracker:
 
     def __init__(self, config: TrackingConfig, flush_timeout: float = 30.0, http: HttpLimits = HttpLimits()) -> None:
         """`flush_timeout`: seconds `end` waits for an unreachable store before leaving the rest to replay.
-        Makes no network call."""
+        Opens nothing (`start` does); a URI no store can answer to is a ConfigError here."""
         self.uri = resolve_uri(config)
+        self.uri_origin = uri_origin(config)
         self.experiment = config.experiment
         self.run_name = config.run_name
         self.flush_timeout = flush_timeout
         self.http = http
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client: MlflowClient | None = None    # made by start: MLflow opens the store with the client
         self.run_id: str | None = None
         self.online = False             # False: the store was unreachable at start; everything stays local
         self._local = RunLog()
@@ -121,9 +200,6 @@ class Tracker:
         """Create the run (or re-open `resume_run_id` as RUNNING: the same run continues) and log the
         flattened `params` and `tags`. Returns the run id; a local one when the store is unreachable."""
         flat = flatten(params)
-        local_db = sqlite_path(self.uri)
-        if local_db:
-            local_db.parent.mkdir(parents=True, exist_ok=True)
         if resume_run_id is not None and resume_run_id.startswith(LOCAL_RUN_PREFIX):
             self.run_id = resume_run_id
             log.warning("run %s was never on an MLflow store; it goes on locally, for `python -m pipeline replay`",
@@ -137,11 +213,16 @@ class Tracker:
         return self.run_id
 
     def _open_run_or_go_local(self, params: dict[str, str], tags: dict[str, str], resume_run_id: str | None) -> None:
+        """Only a store that cannot be reached now goes local: one that refuses is the user's to fix."""
         try:
             with bounded_http(self.http):
+                self.client = open_client(self.uri)
                 self.run_id = self._open_run(params, tags, resume_run_id)
             self.online = True
-        except Exception as error:  # MLflow raises many types for an unreachable or broken store
+        except STORE_ERRORS as error:  # MLflow raises many types for an unreachable or broken store
+            if not is_unreachable(error):
+                raise ConfigError(f"{self.uri_origin}: {self.uri!r}: MLflow cannot open a run there: "
+                                  f"{short_error(error)}") from error
             self.run_id = resume_run_id or f"{LOCAL_RUN_PREFIX}{uuid.uuid4().hex}"
             log.warning("MLflow store %s is unreachable (%s); training goes on as run %s, kept locally for "
                         "`python -m pipeline replay`", self.uri, short_error(error), self.run_id)
@@ -243,21 +324,36 @@ class Tracker:
         it; `input_example`: a few images [N,C,H,W] in [0,1]. Call once, at the end of the run."""
         from pipeline.export import log_exported_model
 
-        if self.online and self._call("log the model", log_exported_model, self.client, self.uri, self.run_id,
-                                      MODEL_NAME, model, input_example):
+        if not self.online:
+            self._local.append({"event": "model_not_logged", "reason": OFFLINE_REASON})
+            return False
+        error = self._attempt(log_exported_model, self.client, self.uri, self.run_id, MODEL_NAME, model,
+                              input_example)
+        if error is None:
             return True
-        self._local.append({"event": "model_not_logged"})
+        # The whole reason (what torch.export could not trace is only in its details); a network failure's
+        # first line, as a server's HTML error page is no reason.
+        reason = full_error(error)
+        log.warning("could not log the model for run %s (MLflow store %s): %s", self.run_id, self.uri, reason)
+        log.debug("logging the model failed", exc_info=error)
+        self._local.append({"event": "model_not_logged", "reason": reason})
         return False
 
     # ---- helpers ---------------------------------------------------------------------------------------
 
     def _call(self, what: str, function, *args, **kwargs) -> bool:
-        """Run one MLflow call with bounded HTTP; a failure is a warning, never an exception."""
+        """Run one MLflow call with bounded HTTP; a failure is a one-line warning, never an exception."""
+        error = self._attempt(function, *args, **kwargs)
+        if error is not None:
+            log.warning("could not %s for run %s (MLflow store %s): %s", what, self.run_id, self.uri,
+                        short_error(error))
+        return error is None
+
+    def _attempt(self, function, *args, **kwargs) -> Exception | None:
+        """Run one MLflow call with bounded HTTP; the error it raised, if any."""
         try:
             with bounded_http(self.http):
                 function(*args, **kwargs)
-            return True
+            return None
         except Exception as error:  # MLflow raises many types for an unreachable store
-            log.warning("could not %s for run %s (MLflow store %s): %s", what, self.run_id, self.uri,
-                        short_error(error))
-            return False
+            return error

@@ -46,6 +46,7 @@ def run_training(config: Config, resume: str | None = None,
                  tags: dict[str, str] | None = None) -> tuple[TrainResult, str]:
     """Train (continuing from `resume` when given); return the result and the MLflow run id. `tags` are added
     to the run's (e.g. mlflow.parentRunId)."""
+    resolve_uri(config.tracking)   # a URI no store can answer to stops here, before any data is read
     dist, device = init_distributed(config.train.device)
     try:
         return _train(config, find_resume(resume, config), dist, device, tags or {})
@@ -140,7 +141,7 @@ def record_run_start(tracker: Tracker, config: Config, output_dir: Path) -> None
 
 
 def record_run_end(tracker: Tracker, trainer: Trainer, result: TrainResult, output_dir: Path) -> None:
-    tracker.log_metrics({"time/train_seconds": result.seconds}, step=trainer.position.global_step)
+    tracker.log_metrics({"time/train_seconds": result.seconds}, step=result.position.global_step)
     tracker.log_artifact(result.checkpoint, "checkpoints")
     if result.best_checkpoint:
         tracker.log_artifact(result.best_checkpoint, "checkpoints")

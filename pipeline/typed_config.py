@@ -55,6 +55,13 @@ def convert(tp: Any, value: Any, where: str, source: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, f"{where}.", source)
     if origin in (Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if value is None and len(options) < len(args):
+            return None
+        if len(options) == 1:
+            # X | None with a value: it can only be an X, and X's own error (the nested key, the nearest valid
+            # key, the list item) is the useful one, not "expected X or NoneType".
+            return convert(options[0], value, where, source)
         sections = [a for a in args if dataclasses.is_dataclass(a)]
         if isinstance(value, dict) and len(sections) == 1:
             # A mapping can only be that section: its own error (unknown key, nearest valid key) is the useful one.

@@ -1,9 +1,9 @@
 """The contract every loss-weighting strategy meets, and the gradient helpers several of them share.
 
-Per optimiser step the trainer calls `backward` once per micro-batch, then `finish` once (before it
-unscales, clips and checks the gradients), then `after_step` after the optimiser stepped; `epoch_end`
-after each epoch. Every gradient a strategy writes is in the scaled domain (times ctx.loss_scale), like
-the model's own, because the trainer's GradScaler.unscale_ divides them all.
+Per optimiser step pipeline/optimizer_step.py calls `backward` once per micro-batch, then `finish` once
+(before it unscales, clips and checks the gradients), then `after_step` after the optimiser stepped; the
+trainer's hooks call `epoch_end` after each epoch. Every gradient a strategy writes is in the scaled domain
+(times ctx.loss_scale), like the model's own, because the step's GradScaler.unscale_ divides them all.
 """
 from __future__ import annotations
 

@@ -77,3 +77,15 @@ def test_a_malformed_override_value_names_the_override(tmp_path, capsys):
     status, err = run_train(tmp_path, capsys, yaml.safe_dump(VALID), "train.optimizer.lr=[1,")
     assert_named_error(status, err, "override 'train.optimizer.lr=[1,'", "invalid YAML")
     assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.shapes.train_imagez=16", "data.shapes.train_imagez: unknown key. Did you mean 'train_images'?"),
+    ("data.shapes=16", "data.shapes: expected a mapping, got 16"),
+    ("model.backbone.stage_lr=[1.0,fast]", "model.backbone.stage_lr[1]: expected float, got 'fast'"),
+])
+def test_an_error_inside_an_optional_value_names_the_nested_key(tmp_path, capsys, override, expected):
+    """A section or list that may also be null: the error is the one inside it, not "expected X or NoneType"."""
+    status, err = run_train(tmp_path, capsys, yaml.safe_dump(VALID), override)
+    assert_named_error(status, err, "config.yaml", expected)
+    assert_nothing_written(tmp_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -126,3 +127,18 @@ def test_a_resumed_run_is_running_while_it_trains_and_ends_with_its_own_status(t
     assert client.get_run(run_id).info.status == "FINISHED"
     losses = client.get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in losses) == list(range(1, 5))    # 2 epochs of 2 steps, one value each
+
+
+def test_a_checkpoint_of_older_code_with_other_optimizer_groups_is_a_named_error(tmp_path, capsys):
+    """Older code had one optimiser group per stage (decay on everything) and no decay_norm_and_bias key."""
+    assert main(["train", write_config(tmp_path, **{"train.optimizer": {"decay_norm_and_bias": True}})]) == 0
+    (checkpoint,) = (tmp_path / "runs" / "finished").glob("*/last.pt")
+    state = load_checkpoint(checkpoint)
+    del state["config"]["train"]["optimizer"]["decay_norm_and_bias"]
+    torch.save(state, checkpoint)
+    before = fingerprint(tmp_path)
+    status = main(["train", write_config(tmp_path), "--resume", str(checkpoint)])
+    err = capsys.readouterr().err
+    assert status == 2 and "optimizer parameter groups: checkpoint [('backbone.stages.0', 2)" in err and "Traceback" not in err, err
+    assert "decay_norm_and_bias=true" in err
+    assert fingerprint(tmp_path) == before

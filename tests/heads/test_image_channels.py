@@ -94,7 +94,7 @@ def test_build_model_defaults_to_rgb():
 
 @pytest.fixture(params=[1, 4])
 def checkpoint(request, tmp_path):
-    """A tiny lenet5 model of `channels` input channels with a VAE task, saved like Trainer.save()."""
+    """A tiny lenet5 model of `channels` input channels with a VAE task, saved like the trainer's checkpoints."""
     channels = request.param
     heads = {"gen": {"type": "vae", "decoder_channels": [4, 4], "latent_channels": 2},
              "seg": {"type": "unet", "decoder_channels": [4, 4]}}

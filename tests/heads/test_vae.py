@@ -71,7 +71,7 @@ def test_sample_gives_images_of_the_asked_size_in_unit_range_reproducibly():
 
 @pytest.fixture
 def checkpoint(tmp_path, monkeypatch):
-    """A tiny lenet5 model with a VAE task "gen" and an autoencoder task "rec", saved like Trainer.save()."""
+    """A tiny lenet5 model with a VAE task "gen" and an autoencoder task "rec", saved like the trainer's checkpoints."""
     monkeypatch.setitem(HEADS, "vae", VAEHead)
     monkeypatch.setitem(HEADS, "ae", AutoencoderHead)
     heads = {"gen": {"type": "vae", "decoder_channels": [4, 4], "latent_channels": 2},

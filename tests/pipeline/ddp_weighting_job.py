@@ -56,7 +56,7 @@ def main(out: Path) -> None:
         results[strategy] = {"parameters": {k: v.detach().clone() for k, v in trainer.model.named_parameters()},
                              "statistics": running_statistics(trainer.model),
                              "ema_statistics": running_statistics(trainer.ema.module),
-                             "weights": trainer.weighting.weights(), "steps": trainer.position.global_step}
+                             "weights": trainer.weighting.weights(), "steps": trainer.state.position.global_step}
     torch.save(results, out / f"rank{dist.rank}.pt")
     shutdown()
 

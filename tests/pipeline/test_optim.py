@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import OptimizerConfig, SchedulerConfig, TrainConfig, parse_config
+from pipeline.config import OptimizerConfig, SchedulerConfig, TrainConfig, config_to_dict, parse_config
 from pipeline.model import build_model
 from pipeline.optim import build_optimizer, penalty
+from pipeline.optimizer_step import group_lr
 from pipeline.schedules import build_scheduler, validate_scheduler
 from pipeline.typed_config import ConfigError
 
@@ -214,16 +215,29 @@ def tiny_model_config(optimizer: dict, stage_lr: list[float] | None = None):
     })
 
 
+def multiplier_of(group: dict) -> float:
+    """The stage_lr multiplier a group's name says it must have: a stage's decay and no-decay parts alike."""
+    stage = group["name"].removeprefix("backbone.stages.").removesuffix(".no_decay")
+    return 1.0 if stage.startswith("heads") else STAGE_LR[int(stage)]
+
+
+STAGE_LR = [0.01, 0.1]
+
+
 @pytest.mark.parametrize("name", ALL_SCHEDULES)
 def test_every_schedule_keeps_the_per_stage_multipliers(name):
-    config = tiny_model_config({"name": "sgd", "lr": 0.5}, stage_lr=[0.01, 0.1])
+    config = tiny_model_config({"name": "sgd", "lr": 0.5}, stage_lr=STAGE_LR)
     model = build_model(config.model, num_classes=3)
     optimizer = build_optimizer(model, config.train.optimizer, config.model.backbone)
+    names = [group["name"] for group in optimizer.param_groups]
+    assert {"backbone.stages.0", "backbone.stages.0.no_decay", "heads", "heads.no_decay"} <= set(names)
     schedule = build_scheduler(optimizer, every_feature(name), 10, 6)
     used = train(schedule, optimizer, range(60))
-    for stage0, stage1, heads in used:
-        assert stage0 / heads == pytest.approx(0.01) and stage1 / heads == pytest.approx(0.1)
-    assert len({heads for _, _, heads in used}) > 1  # and the lrs did move (warm-up at least)
+    heads = names.index("heads")
+    for lrs in used:
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            assert lr / lrs[heads] == pytest.approx(multiplier_of(group), rel=1e-12), group["name"]
+    assert len({lrs[heads] for lrs in used}) > 1  # and the lrs did move (warm-up at least)
     assert schedule.get_last_lr() == [group["lr"] for group in optimizer.param_groups]
 
 
@@ -246,19 +260,145 @@ def test_each_optimizer_gets_its_hyperparameters(optimizer, cls, expected):
     result = built({"lr": 0.03, "weight_decay": 0.02, **optimizer})
     assert type(result) is cls
     for group in result.param_groups:
-        assert group["lr"] == 0.03 and group["weight_decay"] == 0.02
+        assert group["lr"] == 0.03 and group["weight_decay"] == (0.0 if group["name"].endswith("no_decay") else 0.02)
         assert {key: group[key] for key in expected} == expected
 
 
-@pytest.mark.parametrize("penalty_name, decay", [("l2", 0.02), ("l1", 0.0), ("elastic_net", 0.0)])
+@pytest.mark.parametrize("penalty_name, decay", [("l2", {0.02, 0.0}), ("l1", {0.0}), ("elastic_net", {0.0})])
 def test_only_the_l2_penalty_is_the_optimizers_weight_decay(penalty_name, decay):
     result = built({"name": "adamw", "weight_decay": 0.02, "penalty": penalty_name})
-    assert {group["weight_decay"] for group in result.param_groups} == {decay}
+    assert {group["weight_decay"] for group in result.param_groups} == decay
 
 
 def test_bad_optimizer_fields_name_the_field():
     with pytest.raises(ConfigError, match=r"train\.optimizer\.l1_ratio: expected a ratio in \[0, 1\], got 1.5"):
         built({"penalty": "elastic_net", "l1_ratio": 1.5})
+
+
+@pytest.mark.parametrize("field, value", [("name", "adamm"), ("penalty", "l3")])
+def test_an_unknown_optimizer_or_penalty_is_a_config_error_naming_the_field(field, value):
+    with pytest.raises(ConfigError, match=rf"train\.optimizer\.{field}: expected one of .*got '{value}'"):
+        tiny_model_config({field: value})
+
+
+# --- weight decay: which parameters, and its default ---
+
+def mobilenet(optimizer: dict, stage_lr: list[float] | None = None):
+    """A real backbone with BatchNorm, biased convs (squeeze-excitation) and a biased linear head."""
+    config = parse_config({
+        "data": {"train": "unused", "val": "unused"},
+        "model": {"backbone": {"name": "mobilenet_v3_small", "pretrained": False, "stage_lr": stage_lr},
+                  "heads": {"cls": {"type": "classification"}}},
+        "train": {"optimizer": optimizer},
+    })
+    torch.manual_seed(0)
+    model = build_model(config.model, num_classes=3)
+    return model, build_optimizer(model, config.train.optimizer, config.model.backbone)
+
+
+def norms_and_biases(model: nn.Module) -> list[nn.Parameter]:
+    """Found by layer type, not by shape: what the optimiser must leave alone by default."""
+    found = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            found += [module.weight, module.bias]
+        elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+            found.append(module.bias)
+    return found
+
+
+def kernels(model: nn.Module) -> list[nn.Parameter]:
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def step_with_zero_gradients(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
+    """One step in which only weight decay can move a parameter; returns the parameters from before it."""
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    return before
+
+
+def test_norm_layers_and_biases_get_no_weight_decay_by_default():
+    model, optimizer = mobilenet({"name": "adamw", "weight_decay": 0.5})
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    found = norms_and_biases(model)
+    assert any(isinstance(m, nn.Conv2d) and m.bias is not None for m in model.modules())  # the test has conv biases
+    assert found and {decay_of[id(p)] for p in found} == {0.0}
+    assert {decay_of[id(p)] for p in kernels(model)} == {0.5}
+
+
+def test_a_step_shrinks_the_conv_and_linear_weights_and_leaves_norms_and_biases_alone():
+    model, optimizer = mobilenet({"name": "adamw", "lr": 0.1, "weight_decay": 0.5})
+    for p in norms_and_biases(model):  # BatchNorm shifts and most biases start at 0: make decay visible on them
+        p.data.fill_(1.0)
+    before = step_with_zero_gradients(model, optimizer)
+    for p in norms_and_biases(model):
+        assert torch.equal(p, before[id(p)])
+    for p in kernels(model):  # decoupled decay with a zero gradient: w <- w * (1 - lr * weight_decay)
+        torch.testing.assert_close(p, before[id(p)] * (1 - 0.1 * 0.5))
+
+
+def test_decay_norm_and_bias_decays_every_parameter():
+    model, optimizer = mobilenet({"name": "adamw", "lr": 0.1, "weight_decay": 0.5, "decay_norm_and_bias": True})
+    for p in norms_and_biases(model):
+        p.data.fill_(1.0)
+    before = step_with_zero_gradients(model, optimizer)
+    for p in model.parameters():
+        torch.testing.assert_close(p, before[id(p)] * (1 - 0.1 * 0.5))
+    assert [group["name"] for group in optimizer.param_groups] == [*(f"backbone.stages.{i}" for i in range(5)),
+                                                                   "heads"]
+
+
+def test_every_parameter_is_in_exactly_one_group_frozen_ones_included():
+    config = tiny_model_config({"name": "sgd"})
+    model = build_model(config.model, num_classes=3)
+    model.backbone.stages[0].requires_grad_(False)  # frozen now, thawed later without rebuilding the optimiser
+    optimizer = build_optimizer(model, config.train.optimizer, config.model.backbone)
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
+    assert {group["name"] for group in optimizer.param_groups if group["params"][0] in
+            set(model.backbone.stages[0].parameters())} == {"backbone.stages.0", "backbone.stages.0.no_decay"}
+
+
+def test_stage_multipliers_are_exact_for_both_parts_of_every_stage():
+    stage_lr = [0.01, 0.03, 0.1, 0.3, 0.5]
+    model, optimizer = mobilenet({"name": "adamw", "lr": 0.2}, stage_lr=stage_lr)
+    schedule = build_scheduler(optimizer, SchedulerConfig(name="cosine", warmup_epochs=0.5), 10, 3)
+    for _ in range(7):  # into the cosine decay, past the warm-up
+        optimizer.step()
+        schedule.step()
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    heads = groups["heads"]["lr"]
+    assert 0 < heads < 0.2 and groups["heads.no_decay"]["lr"] == heads
+    for i, m in enumerate(stage_lr):
+        assert groups[f"backbone.stages.{i}"]["lr"] == groups[f"backbone.stages.{i}.no_decay"]["lr"]
+        assert groups[f"backbone.stages.{i}"]["lr"] / heads == pytest.approx(m, rel=1e-12)
+    assert group_lr(optimizer, "heads") == heads
+
+
+@pytest.mark.parametrize("name, expected", [("adamw", 0.05), ("sgd", 1e-4), ("adam", 1e-4), ("rmsprop", 1e-4)])
+def test_an_unspecified_weight_decay_defaults_by_optimizer_and_is_recorded(name, expected):
+    config = tiny_model_config({"name": name})
+    assert config.train.optimizer.weight_decay == expected
+    assert config_to_dict(config)["train"]["optimizer"]["weight_decay"] == expected  # what MLflow and resume see
+    assert parse_config(config_to_dict(config)) == config
+
+
+def test_adamw_by_default_has_a_weight_decay_that_acts():
+    assert tiny_model_config({}).train.optimizer.weight_decay > 0.01  # decoupled: lr x this per step
+
+
+@pytest.mark.parametrize("weight_decay", [1e-4, 0.0, 0.3])
+def test_an_explicit_weight_decay_is_kept(weight_decay):
+    optimizer = built({"name": "adamw", "weight_decay": weight_decay})
+    assert group_weight_decay(optimizer, "heads") == weight_decay
+    assert group_weight_decay(optimizer, "heads.no_decay") == 0.0
+
+
+def group_weight_decay(optimizer: torch.optim.Optimizer, name: str) -> float:
+    return next(group["weight_decay"] for group in optimizer.param_groups if group["name"] == name)
 
 
 # --- penalties ---
@@ -291,3 +431,8 @@ def test_elastic_net_mixes_l1_and_half_squared_l2():
 
 def test_l2_penalty_is_left_to_the_optimizer():
     assert penalty(hand_made(), OptimizerConfig(penalty="l2", weight_decay=0.1)) is None
+
+
+def test_decay_norm_and_bias_puts_biases_and_norms_in_the_l1_penalty_too():
+    config = OptimizerConfig(penalty="l1", weight_decay=0.1, decay_norm_and_bias=True)
+    assert penalty(hand_made(), config).item() == pytest.approx(0.1 * (10 + 2 * 5 + 2 * 7))  # + biases, BN scale

@@ -24,8 +24,9 @@ from pipeline.model import build_model
 from pipeline.plots import confusion_matrix_figure, loss_curves, prediction_figure, run_figures
 from pipeline.run_log import MetricRecord, read_run_log
 from pipeline.run_tags import run_tags
-from pipeline.tracking import Tracker
-from support import make_batch
+from pipeline.mlflow_http import HttpLimits
+from pipeline.tracking import Tracker, resolve_uri
+from support import free_port, make_batch
 
 
 def config_for(train: Path, val: Path, format: str = "coco"):
@@ -238,6 +239,39 @@ def test_the_input_example_has_a_batch_of_at_least_two_so_the_logged_model_takes
     assert (example[0] == one[0].numpy()).all() and (example[1] == one[0].numpy()).all()
 
 
+class BranchesOnItsFeatures(torch.nn.Module):
+    """A model torch.export cannot trace: its control flow depends on a value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.conv(image).flatten(1)
+        if features.mean() > 0:
+            return {"cls": features}
+        return {"cls": -features}
+
+
+def model_not_logged_reason(run_log: Path) -> str:
+    [event] = [e for e in map(json.loads, run_log.read_text().splitlines()) if e["event"] == "model_not_logged"]
+    return event["reason"]
+
+
+def test_a_model_that_cannot_be_exported_is_not_logged_and_the_whole_reason_is_kept(sqlite_store, tmp_path, caplog):
+    tracker = Tracker(TrackingConfig(uri=sqlite_store, experiment="export-fails"))
+    tracker.start({}, {})
+    tracker.keep_local_copy(tmp_path / "metrics.jsonl")
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+        assert not tracker.log_model(BranchesOnItsFeatures(), torch.rand(2, 3, 32, 32))
+    tracker.end()
+    # torch.export names the line it could not trace far below the first line of its error: the fix is there.
+    untraceable = "if features.mean() > 0"
+    assert untraceable in model_not_logged_reason(tmp_path / "metrics.jsonl")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("could not log the model" in w and untraceable in w for w in warnings), warnings
+
+
 # ---- the tracker on the local sqlite store ----------------------------------------------------------------
 
 def test_metrics_reach_the_store_and_the_local_copy_including_non_finite_values(sqlite_store, tmp_path):
@@ -354,3 +388,32 @@ def test_a_run_log_cut_short_by_a_crash_reads_back_and_takes_more_lines(tmp_path
     record = read_run_log(path)
     assert record.run_id == "r1" and [m.step for m in record.metrics] == [1, 3]
 
+
+# ---- the store's URI --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uri", [
+    "http://mlflow-host:5000", "https://mlflow.example.com/prefix", "HTTP://127.0.0.1:5000",
+    "sqlite:///runs/mlflow.db", "sqlite:////srv/mlflow/mlflow.db", "postgresql+psycopg2://user@db-host/mlflow",
+    "databricks", "databricks://profile",
+])
+def test_every_uri_form_mlflow_opens_passes_the_check(uri):
+    assert resolve_uri(TrackingConfig(uri=uri)) == uri
+
+
+@pytest.mark.parametrize("uri", ["mlruns", "./runs/mlruns", "/srv/mlruns", "file:/srv/mlruns", "file:///srv/mlruns"])
+def test_a_folder_store_passes_the_check_when_mlflow_is_told_to_open_one(uri, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert resolve_uri(TrackingConfig(uri=uri)) == uri
+
+
+def test_a_well_formed_store_that_refuses_connections_gives_a_local_run(tmp_path, caplog):
+    dead = f"http://127.0.0.1:{free_port()}"
+    tracker = Tracker(TrackingConfig(uri=dead, experiment="offline"), http=HttpLimits(max_retries=0))
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+        run_id = tracker.start({}, {})
+    tracker.keep_local_copy(tmp_path / "metrics.jsonl")
+    assert not tracker.log_model(BranchesOnItsFeatures(), torch.rand(2, 3, 32, 32))
+    tracker.end()
+    assert run_id.startswith("local-") and not tracker.online
+    assert any(dead in r.getMessage() and "unreachable" in r.getMessage() for r in caplog.records)
+    assert "unreachable" in model_not_logged_reason(tmp_path / "metrics.jsonl")

@@ -10,7 +10,8 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.config import parse_config
 from pipeline.device import select_precision
 from pipeline.model import build_model
-from pipeline.trainer import DataInfo, NonFiniteLossError, Trainer
+from pipeline.optimizer_step import NonFiniteLossError, group_lr
+from pipeline.trainer import DataInfo, Trainer
 from support import batch_loader, make_batch
 
 
@@ -46,14 +47,14 @@ def test_a_non_finite_step_is_skipped_and_logged_and_training_goes_on(tmp_path, 
                           epochs=1)
     trainer.sampler.shuffle = False  # the poisoned batch comes first
     before = weights(trainer)
-    step = trainer.optimizer_step([poisoned(make_batch(size=32, batch=4, seed=0))])
+    step = trainer.step.run([poisoned(make_batch(size=32, batch=4, seed=0))], trainer.state)
     assert step == {}
     assert all(torch.equal(before[k], v) for k, v in weights(trainer).items())   # no update from NaN
-    assert trainer.position.bad_steps == 1 and trainer.position.skipped_steps == 1
+    assert trainer.state.position.bad_steps == 1 and trainer.state.position.skipped_steps == 1
     with caplog.at_level(logging.WARNING):
         trainer.fit()
     assert "non-finite train/loss, train/cls/loss" in caplog.text and "step skipped" in caplog.text
-    assert trainer.position.skipped_steps == 2 and trainer.position.bad_steps == 0
+    assert trainer.state.position.skipped_steps == 2 and trainer.state.position.bad_steps == 0
     assert all(torch.isfinite(v).all() for v in weights(trainer).values())
 
 
@@ -142,7 +143,7 @@ def test_a_validation_fault_keeps_the_trained_epoch_and_resuming_validates_and_g
     def learned(history):  # what the run learned and measured, without its timings
         return [{k: v for k, v in logs.items() if not k.startswith("system/")} for logs in history]
 
-    assert learned(result.history) == learned(straight.history)
+    assert learned(result.history) == learned(straight.state.history)
     assert all(torch.equal(v, straight.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
 
 
@@ -165,16 +166,16 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_where(tmp_pat
 
 def test_an_fp16_overflow_skips_the_whole_step_schedule_ema_and_count_included(tmp_path):
     trainer = trainer_for(tmp_path, clean_batches(2), ema_decay=0.5, scheduler={"name": "cosine", "warmup_epochs": 0})
-    trainer.precision = select_precision("fp16", torch.device("cpu"))
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)   # the scaled loss overflows
+    trainer.step.precision = select_precision("fp16", torch.device("cpu"))
+    trainer.step.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)   # the scaled loss overflows
     before, ema_before = weights(trainer), {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
-    schedule_before, lr_before = trainer.scheduler.state_dict(), trainer.group_lr("heads")
-    assert trainer.optimizer_step([make_batch(size=32, batch=4, seed=0)]) == {}
-    assert trainer.scaler.get_scale() < 2.0 ** 127                          # GradScaler backed off
+    schedule_before, lr_before = trainer.scheduler.state_dict(), group_lr(trainer.optimizer, "heads")
+    assert trainer.step.run([make_batch(size=32, batch=4, seed=0)], trainer.state) == {}
+    assert trainer.step.scaler.get_scale() < 2.0 ** 127                          # GradScaler backed off
     assert all(torch.equal(before[k], v) for k, v in weights(trainer).items())
     assert all(torch.equal(ema_before[k], v) for k, v in trainer.ema.module.state_dict().items())
-    assert trainer.scheduler.state_dict() == schedule_before and trainer.group_lr("heads") == lr_before
-    assert trainer.position.skipped_steps == 1 and trainer.position.bad_steps == 0
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)             # a scale that fits: it trains
-    assert trainer.optimizer_step([make_batch(size=32, batch=4, seed=0)]) != {}
+    assert trainer.scheduler.state_dict() == schedule_before and group_lr(trainer.optimizer, "heads") == lr_before
+    assert trainer.state.position.skipped_steps == 1 and trainer.state.position.bad_steps == 0
+    trainer.step.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)             # a scale that fits: it trains
+    assert trainer.step.run([make_batch(size=32, batch=4, seed=0)], trainer.state) != {}
     assert trainer.scheduler.state_dict() != schedule_before
