@@ -14,8 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.train import run_training  # noqa: E402
+from pipeline.config.schema import load_config  # noqa: E402
+from pipeline.jobs.train import run_training  # noqa: E402
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ uncompressed RLE (counts lists), most objects as 1-3 polygons of 6-40 points wit
 few as compressed RLE strings.
 
 Then, in a fresh process (so generating the file costs nothing there), it goes the way `python -m pipeline
-train` goes (pipeline/train.py `_train`): build_splits, check_trainable (which screens every image header of
+train` goes (pipeline/jobs/train.py `_train`): build_splits, check_trainable (which screens every image header of
 both splits), summarize (box sizes for the heads), train_loader with 4 workers, the first batch; and reads on
 through part of the epoch, sampling the private memory (USS = Private_Clean + Private_Dirty of
 /proc/<pid>/smaps_rollup) of the main process and of each worker after the first batch and after
@@ -187,10 +187,10 @@ class Measurement:
 
 
 def measure(paths: Layout, workers: int, batch_size: int, sample_at: list[int]) -> Measurement:
-    import pipeline.check_data as guard
+    import pipeline.data_check.guard as guard
     from datasets.summary import summarize
-    from pipeline.config import parse_config
-    from pipeline.data import build_splits, train_loader
+    from pipeline.config.schema import parse_config
+    from pipeline.engine.data import build_splits, train_loader
 
     config = parse_config(bench_config(paths, workers, batch_size), "bench/coco_scale.py")
     screen_s: dict[str, float] = {}

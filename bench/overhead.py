@@ -49,13 +49,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datasets.sampling import ResumableDistributedSampler  # noqa: E402
-from pipeline.checkpoint import load_checkpoint  # noqa: E402
-from pipeline.config import Config, config_to_dict, parse_config  # noqa: E402
-from pipeline.data import build_splits, train_loader  # noqa: E402
-from pipeline.device import select_precision  # noqa: E402
+from pipeline.engine.checkpoint import load_checkpoint  # noqa: E402
+from pipeline.config.schema import Config, config_to_dict, parse_config  # noqa: E402
+from pipeline.engine.data import build_splits, train_loader  # noqa: E402
+from pipeline.runtime.device import select_precision  # noqa: E402
 from pipeline.model import MultiTaskModel, build_model  # noqa: E402
-from pipeline.tracking import Tracker  # noqa: E402
-from pipeline.trainer import DataInfo, Trainer  # noqa: E402
+from pipeline.tracking.tracker import Tracker  # noqa: E402
+from pipeline.engine.trainer import DataInfo, Trainer  # noqa: E402
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 LR, WEIGHT_DECAY, GRAD_CLIP = 2e-3, 1e-4, 10.0

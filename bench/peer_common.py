@@ -84,7 +84,7 @@ def ours_config(config_file: Path, data: dict[str, Any], epochs: int, seed: int,
     """`config_file` (configs/real/*.yaml: our recipe, the one a user runs) with the benchmark's data splits,
     budget, seed and a scratch output folder and MLflow store. `data`: data.* keys to set; `extra`: more
     key=value overrides. The warm-up stays 5% of the epochs, as in the shipped configs."""
-    from pipeline.config import load_config
+    from pipeline.config.schema import load_config
 
     overrides = [f"seed={seed}", f"output_dir={scratch / 'runs'}", f"train.epochs={epochs}",
                  f"train.scheduler.warmup_epochs={round(0.05 * epochs, 2)}", "data.num_workers=0",
@@ -135,7 +135,7 @@ def markdown_table(columns: list[tuple[str, str, str]], rows: dict[str, list[dic
 
 def epochs_for(steps: int, train_images: int, batch_size: int) -> tuple[int, int, int]:
     """The pipeline's epochs for about `steps` optimiser steps: its train loader drops the last partial batch
-    when the split holds more images than one batch (pipeline/data.py train_loader). Returns
+    when the split holds more images than one batch (pipeline/engine/data.py train_loader). Returns
     (epochs, steps per epoch, the steps both methods then take)."""
     per_epoch = train_images // batch_size if train_images > batch_size else 1
     epochs = max(1, round(steps / per_epoch))

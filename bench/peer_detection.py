@@ -7,7 +7,7 @@ instances_val.json in the tiles' own pixel coordinates (ignore regions, iscrowd 
 
 - ours: configs/real/trees_yolo.yaml, the job a user runs (ImageNet MobileNetV2 + the `yolo` head, its
   optimiser, schedule and the pipeline's default augmentation), with the benchmark's budget, through
-  `run_training`; then `pipeline.eval_checkpoint.run_eval` on last.pt writes detections.json.
+  `run_training`; then `pipeline.jobs.evaluate.run_eval` on last.pt writes detections.json.
 - peer: torchvision Faster R-CNN + FPN built exactly as `fasterrcnn_mobilenet_v3_large_fpn` builds its model
   (mobilenet_backbone(fpn=True, trainable_layers=3, FrozenBatchNorm2d), anchors (32..512) x 3 maps x ratios
   (0.5, 1, 2), rpn_score_thresh 0.05) but on `mobilenet_v2` with MobileNet_V2_Weights.IMAGENET1K_V1;
@@ -15,7 +15,7 @@ instances_val.json in the tiles' own pixel coordinates (ignore regions, iscrowd 
   lr 0.02 x batch / 16, weight decay 1e-4, linear warm-up over the first epoch (factor 1/1000, at most 1000
   iterations), lr x 0.1 at 16/26 and 22/26 of training (its 26-epoch schedule), horizontal flips.
 
-The pipeline drops the last partial batch (pipeline/data.py train_loader), so `--steps` is rounded to whole
+The pipeline drops the last partial batch (pipeline/engine/data.py train_loader), so `--steps` is rounded to whole
 epochs of floor(train tiles / batch) steps and both methods take that many steps.
 
     .venv/bin/python bench/peer_detection.py [--steps 450] [--image-size 224] [--batch-size 8] [--seeds 1]
@@ -47,8 +47,8 @@ COLUMNS = [("mAP@[.5:.95]", "mAP", ".3f"), ("mAP@.5", "mAP50", ".3f"), ("max det
 # ---- ours ---------------------------------------------------------------------------------------------------------
 
 def run_ours(data: Path, args, epochs: int, seed: int, scratch: Path) -> dict:
-    from pipeline.eval_checkpoint import run_eval
-    from pipeline.train import run_training
+    from pipeline.jobs.evaluate import run_eval
+    from pipeline.jobs.train import run_training
 
     splits = {split: {"annotations": str(data / "coco" / "annotations" / f"instances_{split}.json"),
                       "images": str(data / "coco" / "images" / split)} for split in ("train", "val")}

@@ -80,9 +80,9 @@ def val_mask(data: Path, file_name: str, size: int) -> torch.Tensor:
 # ---- ours ---------------------------------------------------------------------------------------------------------
 
 def run_ours(data: Path, args, epochs: int, seed: int, scratch: Path) -> dict:
-    from pipeline import data as pipeline_data
-    from pipeline.eval_checkpoint import model_from_checkpoint
-    from pipeline.train import run_training
+    from pipeline.engine import data as pipeline_data
+    from pipeline.jobs.evaluate import model_from_checkpoint
+    from pipeline.jobs.train import run_training
 
     if args.format == "coco":
         splits = {split: {"annotations": str(data / "coco" / "annotations" / f"instances_{split}.json"),

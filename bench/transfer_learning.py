@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.train import run_training  # noqa: E402
+from pipeline.config.schema import parse_config  # noqa: E402
+from pipeline.jobs.train import run_training  # noqa: E402
 
 VARIANTS = {
     "ImageNet weights, fine-tune all": {"pretrained": "IMAGENET1K_V1"},

@@ -1,5 +1,5 @@
 """Look at a dataset split before training on it: what is on disk, what the image policy makes of it, what is
-labelled, and what was skipped and why. Knows readers, not models (pipeline/check_data.py adds the heads).
+labelled, and what was skipped and why. Knows readers, not models (pipeline/data_check/report.py adds the heads).
 
 `inspect_split(reader, decode_limit)` returns a `SplitReport`, one `SourceReport` per reader (a mixture is
 walked source by source). Two kinds of facts, with different costs:

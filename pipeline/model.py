@@ -8,7 +8,7 @@ from torch import Tensor, nn
 import backbones
 from heads import registry as head_registry
 from heads.base import Head
-from pipeline.config import ModelConfig
+from pipeline.config.schema import ModelConfig
 
 
 class MultiTaskModel(nn.Module):

@@ -1,6 +1,6 @@
 """The contract every loss-weighting strategy meets, and the gradient helpers several of them share.
 
-Per optimiser step pipeline/optimizer_step.py calls `backward` once per micro-batch, then `finish` once
+Per optimiser step pipeline/engine/optimizer_step.py calls `backward` once per micro-batch, then `finish` once
 (before it unscales, clips and checks the gradients), then `after_step` after the optimiser stepped; the
 trainer's hooks call `epoch_end` after each epoch. Every gradient a strategy writes is in the scaled domain
 (times ctx.loss_scale), like the model's own, because the step's GradScaler.unscale_ divides them all.
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.distributed import DistInfo, all_reduce_mean
-from pipeline.typed_config import ConfigError
+from pipeline.runtime.distributed import DistInfo, all_reduce_mean
+from pipeline.config.typed import ConfigError
 from pipeline.weighting.context import BackwardContext
 
 

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from pipeline.distributed import DistInfo
+from pipeline.runtime.distributed import DistInfo
 
 
 def _identity(tensor: Tensor) -> Tensor:

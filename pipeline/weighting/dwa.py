@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.typed_config import ConfigError
+from pipeline.config.typed import ConfigError
 from pipeline.weighting.base import Weighting
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.distributed import all_reduce_mean
+from pipeline.runtime.distributed import all_reduce_mean
 from pipeline.weighting.base import Weighting, flat_grad, require_positive
 from pipeline.weighting.context import BackwardContext
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.distributed import all_reduce_mean
+from pipeline.runtime.distributed import all_reduce_mean
 from pipeline.weighting.base import Weighting, backward_into, flat_grad
 from pipeline.weighting.context import BackwardContext
 

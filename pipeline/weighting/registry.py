@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.typed_config import ConfigError, from_dict
+from pipeline.config.typed import ConfigError, from_dict
 from pipeline.weighting.base import Weighting
 from pipeline.weighting.dwa import DWA
 from pipeline.weighting.gradnorm import GradNorm

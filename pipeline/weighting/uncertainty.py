@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from pipeline.typed_config import ConfigError
+from pipeline.config.typed import ConfigError
 from pipeline.weighting.base import Weighting, average_gradients, require_positive
 from pipeline.weighting.context import BackwardContext
 

@@ -55,8 +55,8 @@ def test_a_boxes_only_and_a_masks_only_source_train_a_detection_and_a_segmentati
 
 def test_a_mixed_dataset_config_trains_through_the_pipeline(tmp_path):
     """The same through `run_training`: data.sources, the shapes split three ways, class lists reconciled."""
-    from pipeline.config import parse_config
-    from pipeline.train import run_training
+    from pipeline.config.schema import parse_config
+    from pipeline.jobs.train import run_training
 
     root = tmp_path / "mix"
     config = parse_config({

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.cli import main
+from pipeline.jobs.cli import main
 
 
 class NotATensor:

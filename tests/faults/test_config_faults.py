@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.cli import main
+from pipeline.jobs.cli import main
 
 VALID = {
     "name": "faults",

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from datasets.mixture import MixtureDataset
-from pipeline.check_data import require_trainable
-from pipeline.cli import main
-from pipeline.config import parse_config
-from pipeline.data import build_splits
+from pipeline.data_check.guard import require_trainable
+from pipeline.jobs.cli import main
+from pipeline.config.schema import parse_config
+from pipeline.engine.data import build_splits
 
 SIZE = 32
 

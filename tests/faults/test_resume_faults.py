@@ -10,9 +10,9 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.cli import main
-from pipeline.trainer import Trainer
+from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.jobs.cli import main
+from pipeline.engine.trainer import Trainer
 
 
 def write_config(folder, **changes) -> str:

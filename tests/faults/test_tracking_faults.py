@@ -9,10 +9,10 @@ import os
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.config import TrackingConfig
-from pipeline.tracking import Tracker
-from pipeline.typed_config import ConfigError
+from pipeline.jobs.cli import main
+from pipeline.config.schema import TrackingConfig
+from pipeline.tracking.tracker import Tracker
+from pipeline.config.typed import ConfigError
 
 CONFIG = {
     "name": "faults",

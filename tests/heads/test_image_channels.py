@@ -10,13 +10,13 @@ from PIL import Image
 from datasets.sample import Batch
 from heads.registry import HEADS, build
 from heads.unet import UNetHead
-from pipeline.checkpoint import save_checkpoint
-from pipeline.cli import main
-from pipeline.config import config_to_dict, parse_config
-from pipeline.eval_checkpoint import model_from_checkpoint
+from pipeline.engine.checkpoint import save_checkpoint
+from pipeline.jobs.cli import main
+from pipeline.config.schema import config_to_dict, parse_config
+from pipeline.jobs.evaluate import model_from_checkpoint
 from pipeline.model import build_model
-from pipeline.plots import display_channels, model_prediction_figure
-from pipeline.summary import load_target, run as run_summary
+from pipeline.tracking.plots import display_channels, model_prediction_figure
+from pipeline.jobs.summary import load_target, report as run_summary
 from support import CHANNELS, STRIDES, make_batch
 
 NUM_CLASSES = 3

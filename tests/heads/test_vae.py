@@ -9,9 +9,9 @@ from PIL import Image
 from heads.autoencoder import AutoencoderHead
 from heads.registry import HEADS
 from heads.vae import VAEHead, VAEOptions, VAEOutput, gaussian_kl
-from pipeline.checkpoint import save_checkpoint
-from pipeline.cli import main
-from pipeline.config import config_to_dict, parse_config
+from pipeline.engine.checkpoint import save_checkpoint
+from pipeline.jobs.cli import main
+from pipeline.config.schema import config_to_dict, parse_config
 from pipeline.model import build_model
 from support import CHANNELS, STRIDES, fake_features, make_batch
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import parse_config
-from pipeline.data import build_splits, ensure_shapes, eval_loader, train_loader
-from pipeline.device import select_precision
-from pipeline.distributed import barrier, init_distributed, shutdown
+from pipeline.config.schema import parse_config
+from pipeline.engine.data import build_splits, ensure_shapes, eval_loader, train_loader
+from pipeline.runtime.device import select_precision
+from pipeline.runtime.distributed import barrier, init_distributed, shutdown
 from pipeline.model import build_model
-from pipeline.trainer import DataInfo, Trainer
+from pipeline.engine.trainer import DataInfo, Trainer
 from pipeline.weighting import STRATEGIES
 
 

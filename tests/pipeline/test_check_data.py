@@ -11,12 +11,15 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from datasets.shapes import generate_shapes
-from pipeline.check_data import (CLASS_COLOURS, DataCheckError, box_scale_problem, check_trainable, render_text,
-                                 run_check_data)
-from pipeline.cli import main
-from pipeline.config import parse_config
-from pipeline.data import build_splits
-from pipeline.train import run_training
+from pipeline.config.typed import DataCheckError
+from pipeline.data_check.drawing import CLASS_COLOURS
+from pipeline.data_check.guard import box_scale_problem, check_trainable
+from pipeline.data_check.report import run_check_data
+from pipeline.data_check.text import render_text
+from pipeline.jobs.cli import main
+from pipeline.config.schema import parse_config
+from pipeline.engine.data import build_splits
+from pipeline.jobs.train import run_training
 
 SIZE = 64
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.compare import Comparison, RunSummary, inference_seconds, open_parent_run, run_compare
-from pipeline.config import parse_config
-from pipeline.device import select_device, select_precision
-from pipeline.distributed import DistInfo
+from pipeline.jobs.compare import Comparison, RunSummary, inference_seconds, open_parent_run, run_compare
+from pipeline.config.schema import parse_config
+from pipeline.runtime.device import select_device, select_precision
+from pipeline.runtime.distributed import DistInfo
 from pipeline.model import build_model
 
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from heads.unet import UNetOptions
-from pipeline.config import apply_overrides, config_to_dict, load_config, parse_config
-from pipeline.typed_config import ConfigError
+from pipeline.config.schema import apply_overrides, config_to_dict, load_config, parse_config
+from pipeline.config.typed import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.device import select_precision
+from pipeline.runtime.device import select_precision
 
 
 def gpu(native_bf16: bool):

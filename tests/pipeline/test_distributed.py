@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.config import load_config
+from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.config.schema import load_config
 from pipeline.model import build_model
 from support import free_port
 

@@ -13,15 +13,15 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import MlflowServer, free_port
-from pipeline.checkpoint import load_checkpoint
-from pipeline.cli import main
-from pipeline.config import TrackingConfig, parse_config
-from pipeline.mlflow_http import HttpLimits
-from pipeline.export import flatten_outputs
+from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.jobs.cli import main
+from pipeline.config.schema import TrackingConfig, parse_config
+from pipeline.tracking.http_limits import HttpLimits
+from pipeline.tracking.model_logging import flatten_outputs
 from pipeline.model import build_model
-from pipeline.run_log import read_run_log
-from pipeline.tracking import Tracker
-from pipeline.train import run_training
+from pipeline.tracking.run_log import read_run_log
+from pipeline.tracking.tracker import Tracker
+from pipeline.jobs.train import run_training
 
 KEYS = ["train/loss", "train/cls/loss", "lr"]   # what a trainer logs every step
 STEPS_BEFORE, STEPS_AWAY, STEPS_AFTER = 40, 60, 40

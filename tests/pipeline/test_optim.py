@@ -1,4 +1,4 @@
-"""Optimisers, weight penalties and learning-rate schedules (pipeline/optim.py, pipeline/schedules.py)."""
+"""Optimisers, weight penalties and learning-rate schedules (pipeline/engine/optim.py, pipeline/engine/schedules.py)."""
 from __future__ import annotations
 
 import io
@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import OptimizerConfig, SchedulerConfig, TrainConfig, config_to_dict, parse_config
+from pipeline.config.schema import OptimizerConfig, SchedulerConfig, TrainConfig, config_to_dict, parse_config
 from pipeline.model import build_model
-from pipeline.optim import build_optimizer, penalty
-from pipeline.optimizer_step import group_lr
-from pipeline.schedules import build_scheduler, validate_scheduler
-from pipeline.typed_config import ConfigError
+from pipeline.engine.optim import build_optimizer, penalty
+from pipeline.engine.optimizer_step import group_lr
+from pipeline.engine.schedules import build_scheduler, validate_scheduler
+from pipeline.config.typed import ConfigError
 
 ALL_SCHEDULES = ["constant", "cosine", "linear", "step", "multistep", "inverse_sqrt", "plateau"]
 

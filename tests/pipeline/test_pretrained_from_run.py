@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.config import parse_config
+from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.config.schema import parse_config
 from pipeline.model import build_model
-from pipeline.pretrained import with_local_weights
-from pipeline.train import run_training
+from pipeline.tracking.run_artifacts import with_local_weights
+from pipeline.jobs.train import run_training
 
 
 def config(tmp_path: Path, heads: dict, pretrained) -> dict:

@@ -16,7 +16,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.engine.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH = 6   # 24 images, batch 2, 2 micro-batches per step

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 
 from datasets.shapes import generate_shapes
-from pipeline.config import parse_config
-from pipeline.eval_checkpoint import run_eval
-from pipeline.train import run_training
+from pipeline.config.schema import parse_config
+from pipeline.jobs.evaluate import run_eval
+from pipeline.jobs.train import run_training
 
 
 def standard_coco_layout(root: Path, split: str, images: int, seed: int) -> None:

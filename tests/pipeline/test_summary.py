@@ -7,9 +7,10 @@ import torchvision
 import yaml
 from torch import nn
 
-from pipeline.cli import main
-from pipeline.receptive_field import measure
-from pipeline.summary import build_classifier, format_summary, load_target, summarize
+from pipeline.jobs.cli import main
+from pipeline.analysis.receptive_field import measure
+from pipeline.analysis.complexity import format_summary, measure_complexity
+from pipeline.jobs.summary import build_classifier, load_target
 
 
 def classifier_on_meta(name: str) -> nn.Module:
@@ -26,26 +27,26 @@ def classifier_on_meta(name: str) -> nn.Module:
     ("resnet18", 11_689_512),
 ])
 def test_published_parameter_counts(name, params):
-    assert summarize(classifier_on_meta(name), (3, 224, 224)).total.params == params
+    assert measure_complexity(classifier_on_meta(name), (3, 224, 224)).total.params == params
 
 
 def test_vgg16_at_224_is_15_5_gmacs():
-    total = summarize(classifier_on_meta("vgg16"), (3, 224, 224)).total
+    total = measure_complexity(classifier_on_meta("vgg16"), (3, 224, 224)).total
     assert total.flops == pytest.approx(30.9e9, rel=0.02)  # torch counts a multiply-add as 2 FLOPs
     assert total.macs == pytest.approx(15.5e9, rel=0.02)   # the paper-style figure
 
 
 def test_flops_on_meta_match_a_real_forward():
     real = torchvision.models.resnet18()
-    on_cpu = summarize(real, (3, 32, 32), receptive_fields=False).total
-    on_meta = summarize(classifier_on_meta("resnet18"), (3, 32, 32)).total
+    on_cpu = measure_complexity(real, (3, 32, 32), receptive_fields=False).total
+    on_meta = measure_complexity(classifier_on_meta("resnet18"), (3, 32, 32)).total
     assert (on_meta.params, on_meta.flops, on_meta.activation_bytes) == (on_cpu.params, on_cpu.flops,
                                                                         on_cpu.activation_bytes)
 
 
 def test_one_conv_layer_by_hand():
     conv = nn.Conv2d(3, 8, 3, padding=1)
-    summary = summarize(nn.Sequential(conv), (3, 16, 16), receptive_fields=False)
+    summary = measure_complexity(nn.Sequential(conv), (3, 16, 16), receptive_fields=False)
     (row,) = summary.rows
     # torch's counter: 2 FLOPs per multiply-add, the bias addition not counted.
     assert row.flops == summary.total.flops == 2 * 3 * 3 * 3 * 8 * 16 * 16
@@ -57,7 +58,7 @@ def test_one_conv_layer_by_hand():
 
 def test_in_place_activation_adds_no_activation_memory():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 4, 1))
-    total = summarize(model, (3, 16, 16), receptive_fields=False).total
+    total = measure_complexity(model, (3, 16, 16), receptive_fields=False).total
     assert total.activation_bytes == (8 + 4) * 16 * 16 * 4  # the ReLU output is the conv's own storage
 
 
@@ -166,7 +167,7 @@ def test_config_summary_parts_add_up(tmp_path):
     assert target.parts == ["backbone", "heads.cls", "heads.seg"] and target.default_input == (3, 64, 64)
     assert "classes: 3" in target.notes[0]
     assert target.model.heads["cls"].num_classes == 3
-    summary = summarize(target.model, target.default_input, depth=1, parts=target.parts, receptive_fields=False)
+    summary = measure_complexity(target.model, target.default_input, depth=1, parts=target.parts, receptive_fields=False)
     assert sum(p.params for p in summary.parts.values()) == summary.total.params
     assert sum(p.flops for p in summary.parts.values()) == summary.total.flops
     assert [row.name for row in summary.rows] == ["backbone", "heads.cls", "heads.seg"]

@@ -17,15 +17,15 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import TrackingConfig, parse_config
-from pipeline.export import exportable, flatten_outputs, input_example
-from pipeline.metric_sender import Backoff, MetricSender
+from pipeline.config.schema import TrackingConfig, parse_config
+from pipeline.tracking.model_logging import exportable, flatten_outputs, input_example
+from pipeline.tracking.sender import Backoff, MetricSender
 from pipeline.model import build_model
-from pipeline.plots import confusion_matrix_figure, loss_curves, prediction_figure, run_figures
-from pipeline.run_log import MetricRecord, read_run_log
-from pipeline.run_tags import run_tags
-from pipeline.mlflow_http import HttpLimits
-from pipeline.tracking import Tracker, resolve_uri
+from pipeline.tracking.plots import confusion_matrix_figure, loss_curves, prediction_figure, run_figures
+from pipeline.tracking.run_log import MetricRecord, read_run_log
+from pipeline.tracking.tags import run_tags
+from pipeline.tracking.http_limits import HttpLimits
+from pipeline.tracking.tracker import Tracker, resolve_uri
 from support import free_port, make_batch
 
 
@@ -262,7 +262,7 @@ def test_a_model_that_cannot_be_exported_is_not_logged_and_the_whole_reason_is_k
     tracker = Tracker(TrackingConfig(uri=sqlite_store, experiment="export-fails"))
     tracker.start({}, {})
     tracker.keep_local_copy(tmp_path / "metrics.jsonl")
-    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracking.tracker"):
         assert not tracker.log_model(BranchesOnItsFeatures(), torch.rand(2, 3, 32, 32))
     tracker.end()
     # torch.export names the line it could not trace far below the first line of its error: the fix is there.
@@ -339,7 +339,7 @@ def metrics(steps: range) -> list[Metric]:
 def test_the_sender_retries_while_the_store_is_away_and_delivers_everything_in_order(caplog):
     store = FlakyStore(failures=3)
     sender = MetricSender(store.send, "test-store", Backoff(first=0.01, longest=0.02))
-    with caplog.at_level(logging.INFO, logger="pipeline.metric_sender"):
+    with caplog.at_level(logging.INFO, logger="pipeline.tracking.sender"):
         sender.put(metrics(range(1500)))
         report = sender.close(timeout=10)
     assert [m.step for m in store.received] == list(range(1500))
@@ -371,7 +371,7 @@ def test_a_batch_the_store_refuses_is_reported_not_retried():
 
 
 def test_a_run_log_cut_short_by_a_crash_reads_back_and_takes_more_lines(tmp_path):
-    from pipeline.run_log import RunLog
+    from pipeline.tracking.run_log import RunLog
 
     path = tmp_path / "metrics.jsonl"
     first = RunLog()
@@ -409,7 +409,7 @@ def test_a_folder_store_passes_the_check_when_mlflow_is_told_to_open_one(uri, mo
 def test_a_well_formed_store_that_refuses_connections_gives_a_local_run(tmp_path, caplog):
     dead = f"http://127.0.0.1:{free_port()}"
     tracker = Tracker(TrackingConfig(uri=dead, experiment="offline"), http=HttpLimits(max_retries=0))
-    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracking.tracker"):
         run_id = tracker.start({}, {})
     tracker.keep_local_copy(tmp_path / "metrics.jsonl")
     assert not tracker.log_model(BranchesOnItsFeatures(), torch.rand(2, 3, 32, 32))

@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pycocotools.coco import COCO
 
-from pipeline.config import parse_config
-from pipeline.eval_checkpoint import run_eval
-from pipeline.train import run_training
+from pipeline.config.schema import parse_config
+from pipeline.jobs.evaluate import run_eval
+from pipeline.jobs.train import run_training
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_METRICS = ["val/cls/accuracy", "val/seg/mIoU", "val/det/mAP", "val/det/mAP50", "val/recon/psnr"]

@@ -6,12 +6,12 @@ import logging
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.config import parse_config
-from pipeline.device import select_precision
+from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.config.schema import parse_config
+from pipeline.runtime.device import select_precision
 from pipeline.model import build_model
-from pipeline.optimizer_step import NonFiniteLossError, group_lr
-from pipeline.trainer import DataInfo, Trainer
+from pipeline.engine.optimizer_step import NonFiniteLossError, group_lr
+from pipeline.engine.trainer import DataInfo, Trainer
 from support import batch_loader, make_batch
 
 
@@ -156,7 +156,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_where(tmp_pat
     def full_disk(state, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pipeline.checkpoint.save_checkpoint", full_disk)
+    monkeypatch.setattr("pipeline.engine.checkpoint.save_checkpoint", full_disk)
     trainer.config.train.epochs = 2
     with pytest.raises(OSError, match=r"could not write the checkpoint of step 4 .*No space left.*previous one is kept: "
                                       + str(tmp_path / "last.pt")):

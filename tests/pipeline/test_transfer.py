@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import parse_config
-from pipeline.device import select_precision
+from pipeline.config.schema import parse_config
+from pipeline.runtime.device import select_precision
 from pipeline.model import build_model
-from pipeline.trainer import DataInfo, Trainer
-from pipeline.typed_config import ConfigError
+from pipeline.engine.trainer import DataInfo, Trainer
+from pipeline.config.typed import ConfigError
 from support import batch_loader, make_batch
 
 

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from pipeline.config import parse_config
-from pipeline.distributed import DistInfo
+from pipeline.config.schema import parse_config
+from pipeline.runtime.distributed import DistInfo
 from pipeline.model import build_model
-from pipeline.typed_config import ConfigError
+from pipeline.config.typed import ConfigError
 from pipeline.weighting import (STRATEGIES, BackwardContext, WeightingConfig, backward_context, build_weighting,
                                 last_layer_parameters, parse_weighting, weighting_to_dict)
 from pipeline.weighting.gradnorm import GradNorm
@@ -357,7 +357,7 @@ def test_weighting_config_validates_the_name_and_each_strategys_own_options():
 def test_each_strategy_has_an_example_config_that_validates(name):
     path = REPO / "configs" / "weighting" / f"{name}.yaml"
     raw = yaml.safe_load(path.read_text())
-    block = raw["model"].pop("weighting")       # until model.weighting is part of pipeline/config.py
+    block = raw["model"].pop("weighting")       # until model.weighting is part of pipeline/config/schema.py
     assert parse_weighting(block, str(path)).name == name
     config = parse_config(raw, str(path))
     build_weighting(parse_weighting(block, str(path)), list(config.model.heads),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.engine.checkpoint import load_checkpoint
 from pipeline.weighting import STRATEGIES
 from support import free_port
 

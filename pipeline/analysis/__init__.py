@@ -1,0 +1,1 @@
+"""Looking inside a model: complexity per layer (params, FLOPs, memory) and receptive fields."""

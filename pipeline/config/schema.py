@@ -1,0 +1,305 @@
+"""The experiment config: one YAML file, validated into typed dataclasses.
+
+Every default lives here, in one visible place. CLI overrides
+(`key.path=value`) are applied to the raw YAML before validation, so they
+are checked exactly like the file.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from datasets.image_io import ImagePolicy
+from datasets.mixture import MixtureSource
+from datasets.transforms import AugmentOptions
+from heads.registry import HEADS, head_class
+from pipeline.config.ranges import check_ranges
+from pipeline.config.typed import ConfigError, check_keys, convert, from_dict
+from pipeline.config.yaml_loader import safe_load
+from pipeline.weighting.registry import WeightingConfig, parse_weighting, weighting_to_dict
+
+
+@dataclass
+class ShapesConfig:
+    """Generate the synthetic shapes set next to the annotation files when they are absent."""
+    train_images: int = 800
+    val_images: int = 200
+    seed: int = 0
+
+
+@dataclass
+class ShapesVariantsConfig:
+    """Generate the shapes set split three ways under `root` (for a mixture): root/<split>/coco (boxes only),
+    root/<split>/masks (a mask folder) and root/<split>/images (no labels)."""
+    root: str
+    train_images: int = 600
+    val_images: int = 150
+    seed: int = 0
+
+
+@dataclass
+class SplitPaths:
+    """A split whose images are not where its format looks by default: the standard COCO layout
+    (`annotations/instances_train2017.json` + `train2017/`), or any "annotations/ + images/" export."""
+    annotations: str                    # annotation file (coco, yolo data.yaml, voc list) or dataset folder
+    images: str | None = None           # the images folder; None: the format's default
+
+
+@dataclass
+class DataConfig:
+    # One dataset: train + val. A mixture of datasets that each label some tasks: sources (then no train/val).
+    # A split is a path (COCO annotation file with images beside it, or a folder for the other formats) or
+    # {annotations: ..., images: ...}.
+    train: str | SplitPaths | None = None
+    val: str | SplitPaths | None = None
+    format: str = "coco"                # a datasets.build.FORMATS key: coco | imagefolder | masks | images | ...
+    sources: list[MixtureSource] = field(default_factory=list)
+    epoch_length: int | None = None     # mixture: samples per epoch (default: all sources' total)
+    image_size: int = 128
+    resize: Literal["stretch", "letterbox"] = "stretch"  # letterbox: keep the aspect ratio, pad the short side
+    batch_size: int = 16
+    num_workers: int = 2
+    skip_invalid: bool = False          # skip (count and log) bad annotations/images instead of failing
+    # How files become pixels (datasets/image_io.py). intensity: auto (8-bit / 255; other depths: per-image
+    # percentile stretch) | dataset (one range from the training split, kept in the checkpoint) | [lo, hi].
+    intensity: Literal["auto", "dataset"] | list[float] = "auto"
+    channels: int = 3                   # 3: grey replicated, alpha composited; 1 or N: the backbone is adapted
+    alpha_background: float = 0.0       # grey level in [0, 1] shown through transparent pixels
+    exif_orientation: bool = True       # apply the EXIF orientation tag, to images and masks alike
+    shapes: ShapesConfig | None = None
+    shapes_variants: ShapesVariantsConfig | None = None
+    augment: AugmentOptions = field(default_factory=AugmentOptions)
+
+    def image_policy(self) -> ImagePolicy:
+        intensity = self.intensity if isinstance(self.intensity, str) else tuple(self.intensity)
+        return ImagePolicy(intensity=intensity, channels=self.channels, alpha_background=self.alpha_background,
+                           exif_orientation=self.exif_orientation)
+
+
+def split_paths(split: str | SplitPaths) -> tuple[Path, Path | None]:
+    """(annotations, images folder or None) of a data.train / data.val entry."""
+    if isinstance(split, SplitPaths):
+        return Path(split.annotations), Path(split.images) if split.images else None
+    return Path(split), None
+
+
+def check_data(data: DataConfig, source: str) -> None:
+    if data.sources and (data.train or data.val):
+        raise ConfigError(f"{source}: data.sources: give either data.train and data.val (one dataset) or "
+                          "data.sources (a mixture), not both")
+    if not data.sources and not (data.train and data.val):
+        missing = "data.train" if not data.train else "data.val"
+        raise ConfigError(f"{source}: {missing}: required key is missing (or list the datasets under data.sources)")
+    if isinstance(data.intensity, list) and (len(data.intensity) != 2 or not data.intensity[1] > data.intensity[0]):
+        raise ConfigError(f"{source}: data.intensity: expected auto, dataset or a range [lo, hi] with hi > lo, "
+                          f"got {data.intensity}")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "mobilenet_v2"
+    pretrained: bool | str = False      # false | true | weights name (IMAGENET1K_V1) | state-dict file
+    # Transfer learning. freeze: "none" | "all" | N = the first N stages (weights and BatchNorm statistics).
+    freeze: Literal["none", "all"] | int = "none"
+    unfreeze_every: int = 0             # progressive unfreezing: every K epochs the top frozen stage thaws; 0 = never
+    stage_lr: list[float] | None = None # learning-rate multiplier per backbone stage, shallowest first (heads: 1.0)
+
+
+@dataclass
+class HeadConfig:
+    type: str
+    weight: float = 1.0                 # lambda of this task in the compound loss
+    options: Any = None                 # the head's own Options dataclass, validated by type
+
+
+@dataclass
+class ModelConfig:
+    heads: dict[str, HeadConfig]
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # How the task losses are combined: {name: static | uncertainty | dwa | gradnorm | pcgrad, ...its options}
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
+    lr: float = 1e-3                    # base learning rate (backbone stages: times model.backbone.stage_lr)
+    weight_decay: float | None = None   # penalty strength lambda; null: by optimiser, see default_weight_decay
+    # l2: the optimiser's own weight decay (decoupled for AdamW); l1: lambda * sum|w| added to the loss;
+    # elastic_net: lambda * (l1_ratio * sum|w| + (1 - l1_ratio) / 2 * sum w^2) added to the loss.
+    penalty: Literal["l2", "l1", "elastic_net"] = "l2"
+    # false: the penalty spares biases and norm scales/shifts (every 1-D parameter), as timm does; true: all
+    decay_norm_and_bias: bool = False
+    l1_ratio: float = 0.5               # elastic_net only
+    momentum: float = 0.9               # sgd, rmsprop
+    nesterov: bool = True               # sgd only (needs momentum > 0)
+    betas: tuple[float, float] = (0.9, 0.999)   # adam, adamw
+    eps: float = 1e-8                   # adam, adamw, rmsprop
+
+    def __post_init__(self) -> None:
+        # Resolved here, so the value used is the one recorded (resolved config, MLflow params, checkpoint).
+        if self.weight_decay is None:
+            self.weight_decay = self.default_weight_decay(self.name)
+
+    @staticmethod
+    def default_weight_decay(name: str) -> float:
+        """AdamW's decay is decoupled: each step shrinks w by lr x weight_decay, so with lr 1e-3 a coupled-style
+        1e-4 is 1e-7 a step, i.e. off; 0.05 is timm's usual (ConvNeXt, DeiT). sgd, adam and rmsprop add
+        weight_decay x w to the gradient (coupled l2), where 1e-4 is the usual ImageNet value."""
+        return 0.05 if name == "adamw" else 1e-4
+
+
+@dataclass
+class SchedulerConfig:
+    # Every schedule is stepped per optimiser step, starts with `warmup_epochs` of linear warm-up, and scales
+    # each parameter group's own lr, so per-stage multipliers hold throughout.
+    name: Literal["cosine", "constant", "step", "multistep", "linear", "inverse_sqrt", "plateau"] = "cosine"
+    warmup_epochs: float = 0.5
+    min_lr_ratio: float = 0.0           # cosine, linear: floor of the decay, as a fraction of the base lr
+    step_epochs: float = 30.0           # step: multiply by gamma every step_epochs
+    milestones: list[float] = field(default_factory=list)  # multistep: epochs at which to multiply by gamma
+    gamma: float = 0.1                  # step, multistep, plateau
+    patience: int = 2                   # plateau: epochs without improvement of train.monitor before decaying
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0                # also write last.pt every N optimiser steps (0: at epoch ends only)
+    keep_last: int = 0                  # also keep the last K checkpoints as step-<global step>.pt (0: none)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = 0                   # stop after this many epochs without improvement of train.monitor; 0: off
+    min_delta: float = 0.0              # an improvement must beat the best by more than this
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    device: str = "auto"                # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
+    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 on CUDA when supported, else fp16; fp32 on CPU
+    accumulate: int = 1                 # micro-batches per optimiser step: global batch = batch_size x ranks x this
+    grad_clip: float | None = 10.0      # max global gradient norm (None: no clipping)
+    ema_decay: float = 0.0              # exponential moving average of the weights (e.g. 0.999); 0: off
+    max_bad_steps: int = 5              # stop after this many consecutive steps with a non-finite loss or gradient
+    deterministic: bool = False         # deterministic algorithms (and CUBLAS workspace), for bitwise-exact runs
+    sync_batchnorm: bool = False        # convert BatchNorm to SyncBatchNorm under DDP (CUDA only)
+    monitor: str | None = None          # e.g. val/seg/mIoU: picks best.pt, drives early stopping and plateau
+    monitor_mode: Literal["max", "min"] = "max"
+    log_every: int = 1                  # per-step train metrics every N optimiser steps
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None              # default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db
+    experiment: str = "default"
+    run_name: str | None = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    name: str = "experiment"
+    seed: int = 0
+    output_dir: str = "runs"             # checkpoints go to <output_dir>/<name>/<mlflow run id>/
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+RESERVED_HEAD_KEYS = ["type", "weight"]
+
+
+def parse_heads(raw_heads: Any, source: str) -> dict[str, HeadConfig]:
+    """Each head's keys besides type/weight are validated against that head type's Options."""
+    if not isinstance(raw_heads, dict) or not raw_heads:
+        raise ConfigError(f"{source}: model.heads: expected a mapping of task name -> head config, got {raw_heads!r}")
+    heads = {}
+    for task, raw in raw_heads.items():
+        where = f"model.heads.{task}."
+        if not isinstance(raw, dict) or "type" not in raw:
+            raise ConfigError(f"{source}: {where}type: required key is missing (one of {', '.join(sorted(HEADS))})")
+        if raw["type"] not in HEADS:
+            raise ConfigError(f"{source}: {where}type: unknown head type {raw['type']!r}; valid: {', '.join(sorted(HEADS))}")
+        options_cls = head_class(raw["type"]).Options
+        option_names = [f.name for f in dataclasses.fields(options_cls)]
+        check_keys(raw, RESERVED_HEAD_KEYS + option_names, where, source)
+        options = from_dict(options_cls, {k: v for k, v in raw.items() if k not in RESERVED_HEAD_KEYS}, where, source)
+        weight = convert(float, raw.get("weight", 1.0), f"{where}weight", source)
+        heads[task] = HeadConfig(type=raw["type"], weight=weight, options=options)
+    return heads
+
+
+def parse_config(raw: dict, source: str = "config") -> Config:
+    raw = copy.deepcopy(raw)
+    model = raw.get("model")
+    if not isinstance(model, dict) or "heads" not in model:
+        raise ConfigError(f"{source}: model.heads: required key is missing")
+    heads = parse_heads(model.pop("heads"), source)
+    weighting = parse_weighting(model.pop("weighting", None), source)
+    model["heads"] = {}  # validated above; keep the generic pass from re-reading them
+    config = from_dict(Config, raw, "", source)
+    config.model.heads, config.model.weighting = heads, weighting
+    check_data(config.data, source)
+    check_ranges(config, source)
+    return config
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` sets raw['a']['b']['c']; the value is parsed as YAML (numbers, booleans, lists)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a mapping")
+        node[parts[-1]] = parse_yaml(value, f"override {item!r}")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    raw = parse_yaml(path.read_text(), str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...), "
+                          f"got {type(raw).__name__} {raw!r:.60}")
+    return parse_config(apply_overrides(raw, list(overrides)), source=str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML, or one line naming the source, line and column of the first syntax error."""
+    try:
+        return safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
+def config_to_dict(config: Config) -> dict:
+    """Plain data in the YAML file's own shape: `parse_config(config_to_dict(c)) == c`."""
+    raw = dataclasses.asdict(config)
+    raw["model"]["heads"] = {
+        task: {"type": head.type, "weight": head.weight, **dataclasses.asdict(head.options)}
+        for task, head in config.model.heads.items()
+    }
+    raw["model"]["weighting"] = weighting_to_dict(config.model.weighting)
+    return raw

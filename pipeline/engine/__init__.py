@@ -1,0 +1,1 @@
+"""The training loop and what it steps: optimiser step, hooks, checkpoints, schedules, validation, loaders."""

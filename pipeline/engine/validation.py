@@ -1,0 +1,75 @@
+"""Validation: run the model over a loader, feed every head's metric, collect detections.
+
+Under DDP each rank evaluates its own shard of the data; the metric states are merged on rank 0, which
+computes every metric once (pycocotools scores all ranks' detections together) and shares the figures.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.ops import clip_boxes_to_image
+
+from datasets.sample import Batch
+from pipeline.runtime.distributed import DistInfo, broadcast_from_main, gather_to_main
+from pipeline.model import MultiTaskModel
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]                                      # "task/metric" -> value
+    detections: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> COCO results
+    confusion_matrices: dict[str, torch.Tensor] = field(default_factory=dict)  # classification task -> counts
+
+
+def coco_results(predictions: list[dict[str, torch.Tensor]], batch: Batch, category_ids: list[int]) -> list[dict]:
+    """Detections in the COCO results format, in the coordinates of the image on disk (resize or letterbox
+    undone with `Batch.to_original`, boxes clipped to the image)."""
+    results = []
+    for pred, image_id, (orig_h, orig_w), (sx, sy, ox, oy) in zip(
+            predictions, batch.image_id.tolist(), batch.orig_size.tolist(), batch.to_original.tolist()):
+        boxes = (pred["boxes"].detach().cpu().double() - torch.tensor([ox, oy, ox, oy])) / torch.tensor([sx, sy, sx, sy])
+        boxes = clip_boxes_to_image(boxes, (orig_h, orig_w))
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), pred["scores"].tolist(), pred["labels"].tolist()):
+            results.append({"image_id": image_id, "category_id": category_ids[label],
+                            "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(score, 5)})
+    return results
+
+
+@torch.no_grad()
+def evaluate(model: MultiTaskModel, loader: DataLoader, device: torch.device, category_ids: list[int],
+             autocast: AbstractContextManager | None = None, collect_detections: bool = False,
+             dist_info: DistInfo = DistInfo()) -> Evaluation:
+    """Per-task metrics; with `collect_detections`, also every detection task's COCO results (the eval job
+    writes them; validation during training only needs the metrics)."""
+    model.eval()
+    metrics = {task: head.metric() for task, head in model.heads.items()}
+    detections: dict[str, list[dict]] = {t: [] for t, h in model.heads.items()
+                                         if collect_detections and h.kind == "detection"}
+    for batch in loader:
+        batch = batch.to(device)
+        with autocast or nullcontext():
+            outputs = model(batch.image)
+        for task, head in model.heads.items():
+            predictions = head.decode(outputs[task])
+            metrics[task].update(predictions, batch)
+            if task in detections:
+                detections[task] += coco_results(predictions, batch, category_ids)
+    return broadcast_from_main(_merge_and_compute(gather_to_main(metrics, dist_info), detections), dist_info)
+
+
+def _merge_and_compute(per_rank: list[dict[str, Any]] | None, detections: dict[str, list[dict]]) -> Evaluation | None:
+    """Rank 0: fold the other ranks' metric states into its own and compute; the other ranks get None."""
+    if per_rank is None:
+        return None
+    metrics = per_rank[0]
+    for other in per_rank[1:]:
+        for task, metric in metrics.items():
+            metric.merge(other[task])
+    flat = {f"{task}/{name}": value for task, metric in metrics.items() for name, value in metric.compute().items()}
+    confusion = {task: metric.confusion_matrix() for task, metric in metrics.items()
+                 if hasattr(metric, "confusion_matrix")}
+    return Evaluation(metrics=flat, detections=detections, confusion_matrices=confusion)

@@ -1,0 +1,16 @@
+"""Every command of `python -m pipeline`, in the order --help lists them. A new command is one file in
+pipeline/jobs/ ending with a COMMAND (pipeline/jobs/command.py) plus one line here."""
+from __future__ import annotations
+
+from pipeline.jobs import check_data, compare, evaluate, replay, sample, summary, train
+from pipeline.jobs.command import Command
+
+COMMANDS: dict[str, Command] = {command.name: command for command in (
+    train.COMMAND,
+    compare.COMMAND,
+    evaluate.COMMAND,
+    summary.COMMAND,
+    sample.COMMAND,
+    replay.COMMAND,
+    check_data.COMMAND,
+)}
