@@ -23,6 +23,9 @@ tiny inputs with one thread, and the CPU time per step of logging alone; set aga
 step, these give a ratio that noise barely moves. Prints Markdown tables for docs/BENCHMARKS.md.
 
     .venv/bin/python bench/overhead.py [--rounds 16] [--steps 4] [--part all|loop|mlflow|ddp]
+
+It runs with the malloc thresholds `python -m pipeline` sets (pipeline/runtime/allocator.py); prefix
+PIPELINE_MALLOC=default for glibc's defaults.
 """
 from __future__ import annotations
 
@@ -42,11 +45,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from pipeline.runtime.allocator import keep_freed_memory  # noqa: E402
+
+# The allocator setting `python -m pipeline` makes before torch allocates (PIPELINE_MALLOC=default: glibc's own).
+MALLOC_TUNED = keep_freed_memory()
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from datasets.sampling import ResumableDistributedSampler  # noqa: E402
 from pipeline.engine.checkpoint import load_checkpoint  # noqa: E402
@@ -463,6 +471,7 @@ def machine() -> str:
     return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU used, "
             f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads in-process, "
             f"Python {platform.python_version()}, commit {commit()}, "
+            f"malloc thresholds {'fixed by pipeline/runtime/allocator.py' if MALLOC_TUNED else 'glibc defaults'}, "
             f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
 
 

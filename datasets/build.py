@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -61,16 +62,17 @@ def build_dataset(format: str, annotations: Path, images_root: Path | None, trai
 
 def build_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, drop_last: bool = False,
-    sampler: Sampler | None = None,
+    sampler: Sampler | None = None, pin_memory: bool = False,
 ) -> DataLoader:
-    """Same seed, same batches and augmentations, for any num_workers. A `sampler` replaces `shuffle`."""
+    """Same seed, same batches and augmentations, for any num_workers. A `sampler` replaces `shuffle`.
+    `pin_memory`: page-locked batches, for asynchronous copies to a CUDA device."""
     generator = torch.Generator().manual_seed(seed)
     if num_workers == 0:
         seed_augmentations(dataset, seed)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
         num_workers=num_workers, collate_fn=collate, generator=generator, worker_init_fn=_seed_worker,
-        drop_last=drop_last, persistent_workers=num_workers > 0,
+        drop_last=drop_last, persistent_workers=num_workers > 0, pin_memory=pin_memory,
     )
 
 
@@ -88,6 +90,8 @@ def seed_augmentations(dataset: Dataset, seed: int) -> None:
 def _seed_worker(worker_id: int) -> None:
     # torch gives each worker base_seed + worker_id, with base_seed drawn from the loader's generator;
     # without this, forked workers would share one copy of the augmentation RNG and repeat each other.
+    # OpenCV's own thread pool in every worker would oversubscribe the cores the workers already share.
+    cv2.setNumThreads(0)
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)

@@ -8,6 +8,8 @@ as "no objects".
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass, field
 
 import torch
@@ -74,9 +76,13 @@ class Batch:
         return self.image.shape[0]
 
     def to(self, device: torch.device | str) -> "Batch":
-        def move(t: Tensor) -> Tensor:
-            return t.to(device, non_blocking=True)
+        return self._map(lambda t: t.to(device, non_blocking=True))
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies, so `to(cuda)` copies while the GPU computes (DataLoader(pin_memory=True) calls it)."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, move: Callable[[Tensor], Tensor]) -> "Batch":
         return Batch(
             image=move(self.image), image_id=move(self.image_id), orig_size=move(self.orig_size),
             label=move(self.label), has_label=move(self.has_label),

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.build import ReadOptions, build_dataset, build_loader
@@ -132,11 +133,12 @@ def train_loader(dataset: Dataset, config: DataConfig, seed: int, dist: DistInfo
     else:
         sampler = ResumableDistributedSampler(dataset, dist.world_size, dist.rank, seed)
     return build_loader(EpochSeeded(dataset, seed), config.batch_size, shuffle=False, num_workers=config.num_workers,
-                        seed=seed, drop_last=sampler.num_samples > config.batch_size, sampler=sampler)
+                        seed=seed, drop_last=sampler.num_samples > config.batch_size, sampler=sampler,
+                        pin_memory=torch.cuda.is_available())
 
 
 def eval_loader(dataset: Dataset, config: DataConfig, seed: int, dist: DistInfo = DistInfo()) -> DataLoader:
     """In order; under DDP each rank reads every world_size-th sample, so all ranks together read each once."""
     sampler = ShardSampler(len(dataset), dist.world_size, dist.rank) if dist.enabled else None
     return build_loader(dataset, config.batch_size, shuffle=False, num_workers=config.num_workers, seed=seed,
-                        sampler=sampler)
+                        sampler=sampler, pin_memory=torch.cuda.is_available())
