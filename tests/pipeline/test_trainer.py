@@ -179,3 +179,13 @@ def test_an_fp16_overflow_skips_the_whole_step_schedule_ema_and_count_included(t
     trainer.step.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)             # a scale that fits: it trains
     assert trainer.step.run([make_batch(size=32, batch=4, seed=0)], trainer.state) != {}
     assert trainer.scheduler.state_dict() != schedule_before
+
+
+def test_a_checkpoint_does_not_grow_with_the_steps_trained(tmp_path):
+    """Per-step values live in the run's metrics.jsonl; a checkpoint holds one epoch's figures per epoch."""
+    sizes = []
+    for steps in (4, 40):
+        trainer = trainer_for(tmp_path / str(steps), clean_batches(steps), epochs=1)
+        trainer.fit()
+        sizes.append((tmp_path / str(steps) / "last.pt").stat().st_size)
+    assert abs(sizes[1] - sizes[0]) < 1024, sizes      # 36 more steps of ~10 values each would add ~10 KB
