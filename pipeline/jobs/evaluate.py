@@ -10,9 +10,9 @@ from pathlib import Path
 from backbones.weights import WeightsFileError
 from datasets.build import build_dataset
 from pipeline.config.schema import parse_config, split_paths
-from pipeline.config.typed import ConfigError
+from pipeline.config.typed import ConfigError, DataCheckError
 from pipeline.engine.checkpoint import load_checkpoint
-from pipeline.engine.data import build_splits, eval_loader, read_options, stored_image_policy
+from pipeline.engine.data import build_splits, data_errors, eval_loader, read_options, stored_image_policy
 from pipeline.engine.validation import Evaluation, evaluate
 from pipeline.jobs.command import Command
 from pipeline.jobs.tables import metrics_table
@@ -32,11 +32,14 @@ def run_eval(checkpoint: str | Path, data: str | None = None, images: str | None
     else:
         annotations, images_root = (Path(data), Path(images) if images else None) if data else \
             split_paths(config.data.val)
-        dataset = build_dataset(config.data.format, annotations, images_root, train=False,
-                                options=read_options(config.data, policy), split="val",
-                                class_names=list(state["class_names"]))
+        with data_errors("--data" if data else "data.val"):
+            dataset = build_dataset(config.data.format, annotations, images_root, train=False,
+                                    options=read_options(config.data, policy), split="val",
+                                    class_names=list(state["class_names"]))
+    if len(dataset) == 0:
+        raise DataCheckError(f"{annotations}: no images to evaluate; expected at least one image entry")
     if list(dataset.class_names) != list(state["class_names"]):
-        raise ValueError(f"{annotations}: categories {dataset.class_names} do not match the classes the checkpoint "
+        raise DataCheckError(f"{annotations}: categories {dataset.class_names} do not match the classes the checkpoint "
                          f"was trained on {state['class_names']}")
     device = select_device(device_name)
     evaluation = evaluate(model.to(device), eval_loader(dataset, config.data, config.seed), device,
@@ -82,4 +85,4 @@ def run(args: argparse.Namespace) -> str:
 
 
 COMMAND = Command("eval", "evaluate a checkpoint; writes metrics.json and detections.json", add_arguments, run,
-                  user_errors=(ConfigError, FileNotFoundError, WeightsFileError))
+                  user_errors=(ConfigError, FileNotFoundError, WeightsFileError, DataCheckError))
