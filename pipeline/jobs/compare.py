@@ -12,7 +12,6 @@ mixed precision.
 from __future__ import annotations
 
 import argparse
-
 import copy
 import dataclasses
 import statistics

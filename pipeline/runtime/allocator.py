@@ -10,7 +10,6 @@ the process inherit the setting. `PIPELINE_MALLOC=default` leaves glibc as it is
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 M_TRIM_THRESHOLD = -1             # mallopt parameters, from glibc's malloc.h
@@ -23,10 +22,7 @@ def keep_freed_memory() -> bool:
     """Fix glibc's mmap and trim thresholds; True when set (False: not glibc, or PIPELINE_MALLOC=default)."""
     if os.environ.get("PIPELINE_MALLOC") == "default":
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
+    libc = ctypes.CDLL(None)  # the process's own symbols, libc's included: no library search at start-up
     if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):   # musl and others: leave alone
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pipeline.runtime.distributed import all_reduce_mean
 from pipeline.weighting.base import Weighting, backward_into, flat_grad
