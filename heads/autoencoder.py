@@ -28,6 +28,7 @@ class AutoencoderOptions:
 
 class AutoencoderHead(Head):
     kind = "reconstruction"
+    output_name = "image"
     Options = AutoencoderOptions
     option_prefix = "ae"  # how error messages name this head's options
 

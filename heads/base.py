@@ -50,6 +50,19 @@ class Head(nn.Module):
     def metric(self) -> Metric:
         raise NotImplementedError
 
+    # Exported models (ONNX, TorchScript, MLflow) return flat named tensors, "<task>_<name>" each. The default
+    # serves heads whose eval output is one tensor; heads with structured outputs override both.
+    output_name: str = "logits"
+
+    def named_outputs(self, outputs: Any) -> dict[str, Tensor]:
+        """The eval outputs as named tensors (names without the task prefix)."""
+        return {self.output_name: outputs}
+
+    def from_named_outputs(self, named: dict[str, Tensor], image_size: tuple[int, int]) -> Any:
+        """What `decode` takes, rebuilt from `named_outputs` (e.g. an ONNX session's results) for images of
+        `image_size` (H, W)."""
+        return named[self.output_name]
+
     # Optional hooks; the defaults do nothing.
 
     def corrupt(self, image: Tensor) -> Tensor | None:

@@ -84,6 +84,12 @@ class VAEHead(Head):
     def metric(self) -> ReconstructionMetric:
         return ReconstructionMetric()
 
+    def named_outputs(self, outputs: VAEOutput) -> dict[str, Tensor]:
+        return {"image": outputs.reconstruction, "mu": outputs.mu, "logvar": outputs.logvar}
+
+    def from_named_outputs(self, named: dict[str, Tensor], image_size: tuple[int, int]) -> VAEOutput:
+        return VAEOutput(named["image"], named["mu"], named["logvar"])
+
     @torch.no_grad()
     def sample(self, num: int, image_size: int, generator: torch.Generator | None = None) -> Tensor:
         """`num` images [num, C, image_size, image_size] in [0, 1] (C the image channels the head was built

@@ -401,6 +401,13 @@ class YoloHead(Head):
     def metric(self) -> CocoDetectionMetric:
         return CocoDetectionMetric(self.num_classes)
 
+    def named_outputs(self, outputs: YoloOutputs) -> dict[str, Tensor]:
+        """One raw map per level, named by its stride: [B, A, H/stride, W/stride, 5 + C]."""
+        return {str(stride): level for stride, level in zip(self.strides, outputs.levels)}
+
+    def from_named_outputs(self, named: dict[str, Tensor], image_size: tuple[int, int]) -> YoloOutputs:
+        return YoloOutputs(levels=[named[str(stride)] for stride in self.strides], image_size=image_size)
+
 
 def _initial_anchors(options: YoloOptions) -> list[list[list[float]]]:
     """The anchors a head starts with: the given ones, or for "auto" the defaults until fit_data."""

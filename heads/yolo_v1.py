@@ -199,3 +199,11 @@ class YoloV1Head(Head):
     def metric(self) -> CocoDetectionMetric:
         return CocoDetectionMetric(self.num_classes)
 
+    output_name = "grid"  # [B, S_h, S_w, 5 * boxes_per_cell + C]
+
+    def named_outputs(self, outputs: YoloV1Outputs) -> dict[str, Tensor]:
+        return {self.output_name: outputs.grid}
+
+    def from_named_outputs(self, named: dict[str, Tensor], image_size: tuple[int, int]) -> YoloV1Outputs:
+        return YoloV1Outputs(grid=named[self.output_name], image_size=image_size)
+

@@ -50,7 +50,7 @@ def sample_grid(dataset, class_names: list[str], count: int, seed: int) -> tuple
 
 def draw_sample(sample: Sample, class_names: list[str]) -> Tensor:
     scale = max(1, math.ceil(MIN_TILE_PIXELS / max(sample.image.shape[-2:])))
-    picture = _enlarged(_as_rgb_uint8(sample.image), scale)
+    picture = enlarged(as_rgb_uint8(sample.image), scale)
     if sample.mask is not None:
         picture = _draw_mask(picture, sample.mask, scale)
     if sample.ignore_boxes is not None and len(sample.ignore_boxes):
@@ -59,11 +59,12 @@ def draw_sample(sample: Sample, class_names: list[str]) -> Tensor:
                                       width=BOX_WIDTH, fill_labels=True, label_colors="black")
     if sample.boxes is not None and len(sample.boxes):
         labels = sample.box_labels.tolist()
-        picture = draw_bounding_boxes(picture, sample.boxes * scale, labels=[_name(class_names, i) for i in labels],
+        picture = draw_bounding_boxes(picture, sample.boxes * scale,
+                                      labels=[class_name(class_names, i) for i in labels],
                                       colors=[class_colour(i) for i in labels], width=BOX_WIDTH, fill_labels=True,
                                       label_colors="white")
     if sample.label is not None:
-        picture = _caption(picture, _name(class_names, sample.label), class_colour(sample.label))
+        picture = caption(picture, class_name(class_names, sample.label), class_colour(sample.label))
     return picture
 
 
@@ -71,14 +72,14 @@ def class_colour(index: int) -> tuple[int, int, int]:
     return CLASS_COLOURS[index % len(CLASS_COLOURS)]
 
 
-def _as_rgb_uint8(image: Tensor) -> Tensor:
+def as_rgb_uint8(image: Tensor) -> Tensor:
     """[C, H, W] in [0, 1] -> [3, H, W] uint8: grey (and 2-band) as grey, more than 3 bands as the first 3."""
     channels = image.shape[0]
     rgb = image[:1].expand(3, -1, -1) if channels < 3 else image[:3]
     return (rgb.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _enlarged(tensor: Tensor, scale: int) -> Tensor:
+def enlarged(tensor: Tensor, scale: int) -> Tensor:
     """Nearest-neighbour enlargement of the last two axes by a whole factor (pixels stay pixels)."""
     return tensor.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1) if scale > 1 else tensor
 
@@ -88,12 +89,12 @@ def _draw_mask(picture: Tensor, mask: Tensor, scale: int) -> Tensor:
     values = [v for v in mask.unique().tolist() if v != 0]
     if not values:
         return picture
-    layers = _enlarged(torch.stack([mask == v for v in values]), scale)
+    layers = enlarged(torch.stack([mask == v for v in values]), scale)
     colours = [IGNORE_COLOUR if v == IGNORE_INDEX else class_colour(v - 1) for v in values]
     return draw_segmentation_masks(picture, layers, alpha=MASK_ALPHA, colors=colours)
 
 
-def _caption(picture: Tensor, text: str, colour: tuple[int, int, int]) -> Tensor:
+def caption(picture: Tensor, text: str, colour: tuple[int, int, int]) -> Tensor:
     """The image-level label, top left, on a dark band so it reads on any image."""
     image = Image.fromarray(picture.permute(1, 2, 0).numpy())
     draw = ImageDraw.Draw(image)
@@ -103,7 +104,7 @@ def _caption(picture: Tensor, text: str, colour: tuple[int, int, int]) -> Tensor
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def _name(class_names: list[str], index: int) -> str:
+def class_name(class_names: list[str], index: int) -> str:
     return class_names[index] if 0 <= index < len(class_names) else str(index)
 
 

@@ -5,7 +5,7 @@ computes every metric once (pycocotools scores all ranks' detections together) a
 """
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader
 from torchvision.ops import clip_boxes_to_image
 
 from datasets.sample import Batch
-from pipeline.runtime.distributed import DistInfo, broadcast_from_main, gather_to_main
+from pipeline.inference.predictor import Predictor
 from pipeline.model import MultiTaskModel
+from pipeline.runtime.distributed import DistInfo, broadcast_from_main, gather_to_main
 
 
 @dataclass
@@ -40,21 +41,22 @@ def coco_results(predictions: list[dict[str, torch.Tensor]], batch: Batch, categ
 
 
 @torch.no_grad()
-def evaluate(model: MultiTaskModel, loader: DataLoader, device: torch.device, category_ids: list[int],
+def evaluate(model: MultiTaskModel | Predictor, loader: DataLoader, device: torch.device, category_ids: list[int],
              autocast: AbstractContextManager | None = None, collect_detections: bool = False,
              dist_info: DistInfo = DistInfo()) -> Evaluation:
-    """Per-task metrics; with `collect_detections`, also every detection task's COCO results (the eval job
-    writes them; validation during training only needs the metrics)."""
-    model.eval()
-    metrics = {task: head.metric() for task, head in model.heads.items()}
-    detections: dict[str, list[dict]] = {t: [] for t, h in model.heads.items()
+    """Per-task metrics of a model, or of a Predictor (TTA, an ensemble, an exported model's runner); with
+    `collect_detections`, also every detection task's COCO results (the eval job writes them; validation
+    during training only needs the metrics)."""
+    predictor = model if isinstance(model, Predictor) else Predictor([model], autocast=autocast)
+    predictor.eval()
+    metrics = {task: head.metric() for task, head in predictor.heads.items()}
+    detections: dict[str, list[dict]] = {t: [] for t, h in predictor.heads.items()
                                          if collect_detections and h.kind == "detection"}
     for batch in loader:
         batch = batch.to(device)
-        with autocast or nullcontext():
-            outputs = model(batch.image)
-        for task, head in model.heads.items():
-            predictions = head.decode(outputs[task])
+        decoded = predictor(batch.image)
+        for task in predictor.heads:
+            predictions = decoded[task]
             metrics[task].update(predictions, batch)
             if task in detections:
                 detections[task] += coco_results(predictions, batch, category_ids)

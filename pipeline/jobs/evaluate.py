@@ -1,52 +1,72 @@
-"""The eval job: a checkpoint (and optionally other data) -> metrics.json + detections.json."""
+"""The eval job: checkpoints (one, or several as an ensemble; optionally with TTA) and optionally other data ->
+metrics.json + detections.json."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
+from torch.utils.data import Dataset
+
 from backbones.weights import WeightsFileError
 from datasets.build import build_dataset
-from pipeline.config.schema import parse_config, split_paths
+from pipeline.config.schema import split_paths
 from pipeline.config.typed import ConfigError, DataCheckError
-from pipeline.engine.checkpoint import load_checkpoint
-from pipeline.engine.data import build_splits, data_errors, eval_loader, read_options, stored_image_policy
+from pipeline.engine.data import build_splits, data_errors, eval_loader, read_options
 from pipeline.engine.validation import Evaluation, evaluate
+from pipeline.inference.box_merging import METHODS
+from pipeline.inference.ensemble import check_ensemble
+from pipeline.inference.predictor import DEFAULT_TTA, Predictor, parse_views
+from pipeline.inference.trained import TrainedModel, load_trained
 from pipeline.jobs.command import Command
 from pipeline.jobs.tables import metrics_table
-from pipeline.model import MultiTaskModel, build_model
+from pipeline.model import MultiTaskModel
 from pipeline.runtime.device import select_device, select_precision
 
 
-def run_eval(checkpoint: str | Path, data: str | None = None, images: str | None = None,
-             out_dir: str | Path | None = None, device_name: str = "auto") -> tuple[Evaluation, Path]:
-    """Evaluate on the checkpoint's validation split, or on the COCO file `data`; write the results to `out_dir`."""
-    checkpoint = Path(checkpoint)
-    model, state = model_from_checkpoint(checkpoint)
-    config = parse_config(state["config"], source=f"{checkpoint} (embedded config)")
-    policy = stored_image_policy(state)
+def run_eval(checkpoints: str | Path | list[str | Path], data: str | None = None, images: str | None = None,
+             out_dir: str | Path | None = None, device_name: str = "auto", tta: str | None = None,
+             box_merge: str = "wbf", tracking_uri: str | None = None) -> tuple[Evaluation, Path]:
+    """Evaluate on the first checkpoint's validation split, or on the data `data` (in its format); write the
+    results to `out_dir`. Several checkpoints are evaluated as one ensemble."""
+    sources = checkpoints if isinstance(checkpoints, list) else [checkpoints]
+    members = [load_trained(source, tracking_uri) for source in sources]
+    check_ensemble(members)
+    try:
+        views = parse_views(tta)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    first = members[0]
+    dataset, annotations = evaluation_dataset(first, data, images)
+    device = select_device(device_name)
+    predictor = Predictor([member.model.to(device) for member in members], views, box_merge,
+                          size_multiple=max(first.model.backbone.strides),
+                          autocast=select_precision(first.config.train.amp, device).autocast())
+    evaluation = evaluate(predictor, eval_loader(dataset, first.config.data, first.config.seed), device,
+                          list(dataset.category_ids), collect_detections=True)
+    out = Path(out_dir) if out_dir else first.checkpoint.parent
+    write_results(evaluation, out)
+    return evaluation, out
+
+
+def evaluation_dataset(first: TrainedModel, data: str | None, images: str | None) -> tuple[Dataset, str | Path]:
+    """The data to evaluate on: `data` (with its images under `images`), else the checkpoint's val split."""
+    config = first.config
     if data is None and config.data.sources:  # a mixture: the validation splits of its sources
-        annotations, dataset = "the mixture's val splits", build_splits(config.data, policy).val
+        annotations, dataset = "the mixture's val splits", build_splits(config.data, first.policy).val
     else:
         annotations, images_root = (Path(data), Path(images) if images else None) if data else \
             split_paths(config.data.val)
         with data_errors("--data" if data else "data.val"):
             dataset = build_dataset(config.data.format, annotations, images_root, train=False,
-                                    options=read_options(config.data, policy), split="val",
-                                    class_names=list(state["class_names"]))
+                                    options=read_options(config.data, first.policy), split="val",
+                                    class_names=first.class_names)
     if len(dataset) == 0:
         raise DataCheckError(f"{annotations}: no images to evaluate; expected at least one image entry")
-    if list(dataset.class_names) != list(state["class_names"]):
+    if list(dataset.class_names) != first.class_names:
         raise DataCheckError(f"{annotations}: categories {dataset.class_names} do not match the classes the checkpoint "
-                         f"was trained on {state['class_names']}")
-    device = select_device(device_name)
-    evaluation = evaluate(model.to(device), eval_loader(dataset, config.data, config.seed), device,
-                          list(dataset.category_ids), select_precision(config.train.amp, device).autocast(),
-                          collect_detections=True)
-    out = Path(out_dir) if out_dir else checkpoint.parent
-    write_results(evaluation, out)
-    return evaluation, out
+                             f"was trained on {first.class_names}")
+    return dataset, annotations
 
 
 def write_results(evaluation: Evaluation, out: Path) -> None:
@@ -60,28 +80,33 @@ def write_results(evaluation: Evaluation, out: Path) -> None:
 def model_from_checkpoint(checkpoint: Path) -> tuple[MultiTaskModel, dict]:
     """The trained model a checkpoint holds (its EMA weights when the run kept them: they are what its
     validation metrics and best.pt measured), and the checkpoint itself."""
-    state = load_checkpoint(checkpoint)
-    config = parse_config(state["config"], source=f"{checkpoint} (embedded config)")
-    # The checkpoint holds every weight; do not ask for pretrained files.
-    model_config = dataclasses.replace(config.model, backbone=dataclasses.replace(config.model.backbone, pretrained=False))
-    model = build_model(model_config, num_classes=len(state["class_names"]), in_channels=config.data.channels)
-    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    return model, state
+    trained = load_trained(checkpoint)
+    return trained.model, trained.state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint")
-    parser.add_argument("--data", help="COCO annotation file to evaluate on (default: the config's val split)")
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                        help="a checkpoint (*.pt or runs:/<run id>); several are evaluated as one ensemble")
+    parser.add_argument("--data", help="annotations to evaluate on, in the checkpoint's data format "
+                                       "(default: the config's val split)")
     parser.add_argument("--images", help="folder the annotation file's image paths are relative to")
-    parser.add_argument("--out", help="output folder (default: the checkpoint's folder)")
+    parser.add_argument("--out", help="output folder (default: the first checkpoint's folder)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--tta", nargs="?", const="default",
+                        help=f"test-time augmentation: comma-separated hflip, vflip, hvflip, scale=S "
+                             f"(alone: {DEFAULT_TTA})")
+    parser.add_argument("--box-merge", choices=METHODS, default="wbf",
+                        help="how TTA views and ensemble members merge boxes")
+    parser.add_argument("--tracking-uri", help="MLflow store for runs:/ checkpoints (default: $MLFLOW_TRACKING_URI)")
 
 
 def run(args: argparse.Namespace) -> str:
-    evaluation, out = run_eval(args.checkpoint, args.data, args.images, args.out, args.device)
+    evaluation, out = run_eval(args.checkpoints, args.data, args.images, args.out, args.device, args.tta,
+                               args.box_merge, args.tracking_uri)
     return (metrics_table(evaluation.metrics, title="eval metrics")
             + f"\nwrote {out / 'metrics.json'}" + (" and detections" if evaluation.detections else ""))
 
 
-COMMAND = Command("eval", "evaluate a checkpoint; writes metrics.json and detections.json", add_arguments, run,
+COMMAND = Command("eval", "evaluate a checkpoint, an ensemble of checkpoints, with or without TTA; writes "
+                  "metrics.json and detections.json", add_arguments, run,
                   user_errors=(ConfigError, FileNotFoundError, WeightsFileError, DataCheckError))

@@ -2,13 +2,15 @@
 pipeline/jobs/ ending with a COMMAND (pipeline/jobs/command.py) plus one line here."""
 from __future__ import annotations
 
-from pipeline.jobs import check_data, compare, evaluate, replay, sample, summary, train
+from pipeline.jobs import check_data, compare, evaluate, export, predict, replay, sample, summary, train
 from pipeline.jobs.command import Command
 
 COMMANDS: dict[str, Command] = {command.name: command for command in (
     train.COMMAND,
     compare.COMMAND,
     evaluate.COMMAND,
+    export.COMMAND,
+    predict.COMMAND,
     summary.COMMAND,
     sample.COMMAND,
     replay.COMMAND,

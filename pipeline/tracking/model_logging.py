@@ -1,9 +1,10 @@
 """The model as MLflow logs it: `mlflow.pytorch.load_model("runs:/<run id>/model")` gives it back.
 
-`ExportedModel` wraps a MultiTaskModel (a CPU copy in eval mode): forward(image float32 [B,C,H,W] in [0,1])
-returns a flat dict of tensors, each head's raw eval output under its task name ("cls"; a list or tuple
-as "det/levels/0", ...; a dict or dataclass by key or field, "recon/mu"), so MLflow can describe it in a
-signature. Decoding (NMS, argmax) stays with the heads: `heads[task].decode` on the model's own outputs.
+The logged module is `NamedOutputsModel` (pipeline/inference/named_outputs.py) over a CPU copy of the model in
+eval mode: forward(image float32 [B,C,H,W] in [0,1]) returns a flat dict of tensors named "<task>_<name>"
+("cls_logits", "det_8", "recon_mu", ...), the same names the ONNX and TorchScript exports return, so MLflow can
+describe them in a signature. Decoding (NMS, argmax) stays with the heads:
+`raw_outputs(model.heads, logged(image), image_size)` rebuilds what each `heads[task].decode` takes.
 
 Pyfunc serving is not offered: MLflow's pytorch pyfunc wants one output tensor, and a multi-task model
 has several.
@@ -11,19 +12,18 @@ has several.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipeline.tracking.http_limits import fluent_tracking_uri
+from pipeline.inference.named_outputs import NamedOutputsModel
 from pipeline.model import MultiTaskModel
+from pipeline.tracking.http_limits import fluent_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -33,41 +33,10 @@ REQUIREMENTS = ["torch", "torchvision"]
 EXAMPLE_IMAGES = 2
 
 
-class ExportedModel(nn.Module):
-    def __init__(self, model: MultiTaskModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: Tensor) -> dict[str, Tensor]:
-        return flatten_outputs(self.model(image))
-
-
-def exportable(model: MultiTaskModel) -> ExportedModel:
+def exportable(model: MultiTaskModel) -> NamedOutputsModel:
     """A CPU copy in eval mode: the trained model stays where and as it is, and the logged one loads
     without a GPU."""
-    return ExportedModel(copy.deepcopy(model).cpu()).eval()
-
-
-def flatten_outputs(outputs: dict[str, Any]) -> dict[str, Tensor]:
-    flat: dict[str, Tensor] = {}
-    for task, value in outputs.items():
-        _flatten(task, value, flat)
-    return flat
-
-
-def _flatten(name: str, value: Any, flat: dict[str, Tensor]) -> None:
-    if isinstance(value, Tensor):
-        flat[name] = value
-    elif dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            _flatten(f"{name}/{f.name}", getattr(value, f.name), flat)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _flatten(f"{name}/{key}", item, flat)
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _flatten(f"{name}/{i}", item, flat)
-    # Anything else (YOLO's input size, plain ints) describes the output rather than being one.
+    return NamedOutputsModel(copy.deepcopy(model).cpu()).eval()
 
 
 def input_example(images: Tensor, count: int = EXAMPLE_IMAGES) -> np.ndarray:
@@ -78,7 +47,7 @@ def input_example(images: Tensor, count: int = EXAMPLE_IMAGES) -> np.ndarray:
     return images[picks].detach().float().cpu().numpy()
 
 
-def signature(model: ExportedModel, example: np.ndarray):
+def signature(model: NamedOutputsModel, example: np.ndarray):
     """The input tensor spec and one named tensor spec per output, from a forward pass on the example."""
     from mlflow.models import infer_signature
 

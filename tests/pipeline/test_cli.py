@@ -19,7 +19,7 @@ def test_help_lists_every_command_with_its_description():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())        # argparse wraps the descriptions
-    assert set(COMMANDS) == {"train", "compare", "eval", "summary", "sample", "replay", "check-data"}
+    assert set(COMMANDS) == {"train", "compare", "eval", "predict", "export", "summary", "sample", "replay", "check-data"}
     for name, command in COMMANDS.items():
         assert f"{name} {command.help}" in text, name
 
@@ -31,4 +31,4 @@ def test_overrides_after_a_flag_still_reach_the_command():
 
 def test_a_stray_argument_is_refused_by_a_command_without_overrides():
     with pytest.raises(SystemExit):
-        parse_args(["eval", "last.pt", "a=1"])
+        parse_args(["sample", "last.pt", "a=1"])

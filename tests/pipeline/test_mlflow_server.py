@@ -16,8 +16,8 @@ from mlflow_server import MlflowServer, free_port
 from pipeline.engine.checkpoint import load_checkpoint
 from pipeline.jobs.cli import main
 from pipeline.config.schema import TrackingConfig, parse_config
+from pipeline.inference.named_outputs import NamedOutputsModel
 from pipeline.tracking.http_limits import HttpLimits
-from pipeline.tracking.model_logging import flatten_outputs
 from pipeline.model import build_model
 from pipeline.tracking.run_log import read_run_log
 from pipeline.tracking.tracker import Tracker
@@ -125,7 +125,7 @@ def test_the_logged_model_predicts_what_the_checkpoint_predicts(server, trained,
     images = torch.rand(3, 3, 64, 64)
     logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model", dst_path=str(result.checkpoint.parent / "loaded"))
     with torch.no_grad():
-        expected, got = flatten_outputs(model(images)), logged(images)
+        expected, got = NamedOutputsModel(model)(images), logged(images)
     assert set(got) == set(expected)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5)

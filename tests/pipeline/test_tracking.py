@@ -17,8 +17,10 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from heads.base import Head
 from pipeline.config.schema import TrackingConfig, parse_config
-from pipeline.tracking.model_logging import exportable, flatten_outputs, input_example
+from pipeline.inference.named_outputs import NamedOutputsModel
+from pipeline.tracking.model_logging import exportable, input_example
 from pipeline.tracking.sender import Backoff, MetricSender
 from pipeline.model import build_model
 from pipeline.tracking.plots import confusion_matrix_figure, loss_curves, prediction_figure, run_figures
@@ -185,17 +187,17 @@ def test_run_figures_draw_the_model_in_eval_mode_and_leave_it_training():
 
 # ---- the exported model -----------------------------------------------------------------------------------
 
-def test_exported_model_returns_each_heads_raw_outputs_as_named_tensors():
+def test_exported_model_returns_each_heads_raw_outputs_under_the_onnx_names():
     model = tiny_model()
     model.train()
     image = torch.rand(2, 3, 64, 64)
     exported = exportable(model)
     outputs = exported(image)
-    assert set(outputs) == {"cls", "seg", "det/levels/0", "det/levels/1", "det/levels/2",
-                            "recon/reconstruction", "recon/mu", "recon/logvar"}
+    assert set(outputs) == {"cls_logits", "seg_logits", "det_8", "det_16", "det_32",
+                            "recon_image", "recon_mu", "recon_logvar"}
     model.eval()
     with torch.no_grad():
-        expected = flatten_outputs(model(image))
+        expected = NamedOutputsModel(model)(image)
     assert all(torch.equal(outputs[k], expected[k]) for k in expected)
     assert not exported.training and exported.model is not model   # a copy: training goes on untouched
 
@@ -204,7 +206,7 @@ def test_logged_model_loads_in_a_fresh_process_and_predicts_like_the_trained_one
     uri = sqlite_store
     tracker = Tracker(TrackingConfig(uri=uri, experiment="export"))
     run_id = tracker.start({}, {})
-    # LeNet-5 keeps this test fast; the flattened multi-head outputs are checked above and in the server test.
+    # LeNet-5 keeps this test fast; the named multi-head outputs are checked above and in the server test.
     config = parse_config({"data": {"train": "unused", "val": "unused"},
                            "model": {"backbone": {"name": "lenet5"}, "heads": {"cls": {"type": "classification"}}}})
     model, images = build_model(config.model, num_classes=3), torch.rand(3, 3, 32, 32)
@@ -212,7 +214,7 @@ def test_logged_model_loads_in_a_fresh_process_and_predicts_like_the_trained_one
     tracker.end()
     model.eval()
     with torch.no_grad():
-        torch.save({"images": images, "outputs": flatten_outputs(model(images))}, tmp_path / "expected.pt")
+        torch.save({"images": images, "outputs": NamedOutputsModel(model)(images)}, tmp_path / "expected.pt")
     script = (
         "import sys, torch, mlflow.pytorch\n"
         f"model = mlflow.pytorch.load_model('runs:/{run_id}/model')\n"
@@ -240,11 +242,13 @@ def test_the_input_example_has_a_batch_of_at_least_two_so_the_logged_model_takes
 
 
 class BranchesOnItsFeatures(torch.nn.Module):
-    """A model torch.export cannot trace: its control flow depends on a value."""
+    """A model torch.export cannot trace: its control flow depends on a value. One plain head, so the logged
+    model's named outputs ("cls_logits") are what the heads' defaults give."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 2, 3)
+        self.heads = torch.nn.ModuleDict({"cls": Head()})
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.conv(image).flatten(1)
