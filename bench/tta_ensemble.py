@@ -30,7 +30,7 @@ from pipeline.engine.data import eval_loader  # noqa: E402
 from pipeline.engine.validation import evaluate  # noqa: E402
 from pipeline.inference.predictor import DEFAULT_TTA, Predictor, parse_views  # noqa: E402
 from pipeline.inference.trained import load_trained  # noqa: E402
-from pipeline.jobs.evaluate import evaluation_dataset  # noqa: E402
+from pipeline.inference.val_data import evaluation_dataset  # noqa: E402
 
 SETS = {  # name -> the metrics reported
     "shapes": ["cls/accuracy", "seg/mIoU", "det/mAP50", "det/mAP", "recon/psnr"],
@@ -58,7 +58,7 @@ def checkpoints(runs: Path, name: str) -> list[Path]:
 
 def measure(members, views: str | None, box_merge: str) -> tuple[dict[str, float], float]:
     first = members[0]
-    dataset, _ = evaluation_dataset(first, None, None)
+    dataset, _ = evaluation_dataset(first)
     predictor = Predictor([m.model for m in members], parse_views(views), box_merge,
                           size_multiple=max(first.model.backbone.strides))
     loader = eval_loader(dataset, first.config.data, first.config.seed)

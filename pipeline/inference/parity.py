@@ -18,15 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from datasets.build import build_dataset
-from pipeline.config.schema import split_paths
 from pipeline.config.typed import ConfigError, DataCheckError
-from pipeline.engine.data import build_splits, data_errors, eval_loader, read_options
+from pipeline.engine.data import eval_loader
 from pipeline.engine.validation import evaluate
 from pipeline.inference.export import ExportResult
 from pipeline.inference.named_outputs import NamedOutputsModel, raw_outputs
 from pipeline.inference.onnx_runner import open_runner
 from pipeline.inference.trained import TrainedModel
+from pipeline.inference.val_data import evaluation_dataset
 
 log = logging.getLogger(__name__)
 
@@ -123,29 +122,17 @@ def _on_examples(trained: TrainedModel, runner, torch_named: NamedOutputsModel, 
 
 def _val_loader(trained: TrainedModel, max_images: int) -> tuple[DataLoader | None, str]:
     """The first `max_images` images of the checkpoint's val split, read as `eval` reads them; or None and why
-    not."""
-    config, policy = trained.config, trained.policy
-    data = dataclasses.replace(config.data, num_workers=0)   # a few dozen images: workers cost more than they save
+    not (the run's data moved, or cannot be read any more)."""
     try:
-        if data.sources:  # a mixture: the validation splits of its sources
-            where, dataset = "the mixture's val splits", build_splits(data, policy).val
-        else:
-            annotations, images = split_paths(data.val)
-            where = str(annotations)
-            if not annotations.exists():
-                return None, f"the val split {annotations} is not there (moved?)"
-            with data_errors("data.val"):
-                dataset = build_dataset(data.format, annotations, images, train=False,
-                                        options=read_options(data, policy), split="val",
-                                        class_names=list(trained.class_names))
-    except (FileNotFoundError, ConfigError, DataCheckError) as error:
-        return None, f"the val split cannot be read ({error})"
-    if len(dataset) == 0:
-        return None, f"the val split {where} has no images"
-    if list(dataset.class_names) != list(trained.class_names):
-        return None, f"the val split {where} has other classes ({list(dataset.class_names)})"
+        dataset, where = evaluation_dataset(trained)
+    except FileNotFoundError as error:
+        return None, f"the val split is not there (moved?): {error}"
+    except (ConfigError, DataCheckError) as error:
+        return None, f"the val split cannot be used ({error})"
+    # A few dozen images: workers cost more than they save.
+    data = dataclasses.replace(trained.config.data, num_workers=0)
     subset = Subset(dataset, range(min(max_images, len(dataset))))
-    return eval_loader(subset, data, config.seed), f"{len(subset)} images of the val split {where}"
+    return eval_loader(subset, data, trained.config.seed), f"{len(subset)} images of the val split {where}"
 
 
 def _same(a: float | None, b: float | None) -> bool:

@@ -6,18 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
 from backbones.weights import WeightsFileError
-from datasets.build import build_dataset
-from pipeline.config.schema import split_paths
 from pipeline.config.typed import ConfigError, DataCheckError
-from pipeline.engine.data import build_splits, data_errors, eval_loader, read_options
+from pipeline.engine.data import eval_loader
 from pipeline.engine.validation import Evaluation, evaluate
 from pipeline.inference.box_merging import METHODS
 from pipeline.inference.ensemble import check_ensemble
 from pipeline.inference.predictor import DEFAULT_TTA, Predictor, parse_views
-from pipeline.inference.trained import TrainedModel, load_trained
+from pipeline.inference.trained import load_trained
+from pipeline.inference.val_data import evaluation_dataset
 from pipeline.jobs.command import Command
 from pipeline.jobs.tables import metrics_table
 from pipeline.model import MultiTaskModel
@@ -47,26 +44,6 @@ def run_eval(checkpoints: str | Path | list[str | Path], data: str | None = None
     out = Path(out_dir) if out_dir else first.checkpoint.parent
     write_results(evaluation, out)
     return evaluation, out
-
-
-def evaluation_dataset(first: TrainedModel, data: str | None, images: str | None) -> tuple[Dataset, str | Path]:
-    """The data to evaluate on: `data` (with its images under `images`), else the checkpoint's val split."""
-    config = first.config
-    if data is None and config.data.sources:  # a mixture: the validation splits of its sources
-        annotations, dataset = "the mixture's val splits", build_splits(config.data, first.policy).val
-    else:
-        annotations, images_root = (Path(data), Path(images) if images else None) if data else \
-            split_paths(config.data.val)
-        with data_errors("--data" if data else "data.val"):
-            dataset = build_dataset(config.data.format, annotations, images_root, train=False,
-                                    options=read_options(config.data, first.policy), split="val",
-                                    class_names=first.class_names)
-    if len(dataset) == 0:
-        raise DataCheckError(f"{annotations}: no images to evaluate; expected at least one image entry")
-    if list(dataset.class_names) != first.class_names:
-        raise DataCheckError(f"{annotations}: categories {dataset.class_names} do not match the classes the checkpoint "
-                             f"was trained on {first.class_names}")
-    return dataset, annotations
 
 
 def write_results(evaluation: Evaluation, out: Path) -> None:
