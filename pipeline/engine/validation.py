@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from torchvision.ops import clip_boxes_to_image
 
 from datasets.sample import Batch
+from pipeline.inference.file_coordinates import boxes_to_file
 from pipeline.inference.predictor import Predictor
 from pipeline.model import MultiTaskModel
 from pipeline.runtime.distributed import DistInfo, broadcast_from_main, gather_to_main
@@ -30,10 +30,9 @@ def coco_results(predictions: list[dict[str, torch.Tensor]], batch: Batch, categ
     """Detections in the COCO results format, in the coordinates of the image on disk (resize or letterbox
     undone with `Batch.to_original`, boxes clipped to the image)."""
     results = []
-    for pred, image_id, (orig_h, orig_w), (sx, sy, ox, oy) in zip(
-            predictions, batch.image_id.tolist(), batch.orig_size.tolist(), batch.to_original.tolist()):
-        boxes = (pred["boxes"].detach().cpu().double() - torch.tensor([ox, oy, ox, oy])) / torch.tensor([sx, sy, sx, sy])
-        boxes = clip_boxes_to_image(boxes, (orig_h, orig_w))
+    for pred, image_id, size, to_original in zip(predictions, batch.image_id.tolist(), batch.orig_size.tolist(),
+                                                 batch.to_original):
+        boxes = boxes_to_file(pred["boxes"].detach().cpu(), to_original, tuple(size))
         for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), pred["scores"].tolist(), pred["labels"].tolist()):
             results.append({"image_id": image_id, "category_id": category_ids[label],
                             "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(score, 5)})

@@ -29,10 +29,12 @@ def map_to_file(prediction: Tensor, to_original: Tensor, size: Size) -> Tensor:
 
 
 def boxes_to_file(boxes: Tensor, to_original: Tensor, size: Size) -> Tensor:
+    """[K, 4] xyxy input pixels -> float64 pixels of the file, clipped to it (as eval's COCO results and
+    predict's both write them)."""
     sx, sy, ox, oy = (float(v) for v in to_original)
     offset = torch.tensor([ox, oy, ox, oy], dtype=torch.float64, device=boxes.device)
     scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float64, device=boxes.device)
-    return clip_boxes_to_image((boxes.double() - offset) / scale, size).float()
+    return clip_boxes_to_image((boxes.double() - offset) / scale, size)
 
 
 def to_file(kind: str, prediction: Any, to_original: Tensor, size: Size) -> Any:

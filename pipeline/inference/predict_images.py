@@ -94,14 +94,10 @@ def _whole(predictor: Predictor, batch: Any, options: PredictOptions,
     soft = predictor.soft(batch.image.to(device))
     results = []
     for i, size in enumerate(batch.orig_size.tolist()):
-        results.append({task: _finish(head.kind, to_file(head.kind, _one(soft[task], i), batch.to_original[i],
+        results.append({task: _finish(head.kind, to_file(head.kind, soft[task][i], batch.to_original[i],
                                                          tuple(size)), options.conf)
                         for task, head in predictor.heads.items()})
     return results
-
-
-def _one(batch_prediction: Any, index: int) -> Any:
-    return batch_prediction[index]
 
 
 def _finish(kind: str, prediction: Any, conf: float) -> TaskPrediction:
@@ -142,7 +138,7 @@ def _tiled(predictor: Predictor, transform: Any, image: np.ndarray, options: Pre
         soft = predictor.soft(batch.image.to(device))
         for i, ((y, x), crop) in enumerate(zip(chunk, crops)):
             for task, head in predictor.heads.items():
-                part = to_file(head.kind, _one(soft[task], i), batch.to_original[i], crop.shape[:2])
+                part = to_file(head.kind, soft[task][i], batch.to_original[i], crop.shape[:2])
                 stitched[task].add(part, y, x, crop.shape[:2])
     return {task: _finish(head.kind, stitched[task].result(predictor.box_merge, len(windows)), options.conf)
             for task, head in predictor.heads.items()}
