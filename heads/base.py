@@ -27,6 +27,8 @@ class Head(nn.Module):
 
     # What decode() returns: "classification" (probabilities [B,C]), "segmentation" (labels [B,H,W]),
     # "detection" (per image {boxes xyxy, scores, labels}), "reconstruction" (images [B,C,H,W], C the input's channels).
+    # A detection head also has `dense_predictions(outputs) -> (boxes [B,N,4], scores [B,N,C])`: every candidate
+    # before selection, differentiable (explain attributes a box's score through it).
     kind: str = ""
     # True: forward needs `features.pool_indices` (the backbone's max-pool indices, see backbones/pool_indices.py);
     # MultiTaskModel then switches the backbone's recording on.

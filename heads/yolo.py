@@ -384,14 +384,19 @@ class YoloHead(Head):
     @torch.no_grad()
     def decode(self, outputs: YoloOutputs) -> list[dict[str, Tensor]]:
         """Per image: {"boxes" [K,4] xyxy input px (clipped), "scores" [K], "labels" [K] int64}."""
+        boxes, scores = self.dense_predictions(outputs)
+        return [self._select(boxes[i], scores[i], outputs.image_size) for i in range(boxes.shape[0])]
+
+    def dense_predictions(self, outputs: YoloOutputs) -> tuple[Tensor, Tensor]:
+        """Every anchor's box and per-class scores before selection: boxes [B, N, 4] xyxy input px, scores
+        [B, N, C]. Differentiable (explain's per-box attributions use it); decode selects from it."""
         # float32: bf16/fp16 under autocast cannot place a box to the pixel at common image sizes.
         outputs = YoloOutputs(levels=[level.float() for level in outputs.levels], image_size=outputs.image_size)
         boxes = torch.cat([self.decode_level_boxes(outputs, level).flatten(1, 3)
                            for level in range(len(outputs.levels))], dim=1)
         raw = torch.cat([level.flatten(1, 3) for level in outputs.levels], dim=1)
         # Multi-label scores: a box may carry several classes, NMS runs per class.
-        scores = raw[..., 4:5].sigmoid() * raw[..., 5:].sigmoid()
-        return [self._select(boxes[i], scores[i], outputs.image_size) for i in range(boxes.shape[0])]
+        return boxes, raw[..., 4:5].sigmoid() * raw[..., 5:].sigmoid()
 
     def _select(self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int]) -> dict[str, Tensor]:
         o = self.options

@@ -186,15 +186,21 @@ class YoloV1Head(Head):
 
         Score = confidence x class probability of the cell, thresholded, then class-aware NMS.
         """
+        boxes, scores = self.dense_predictions(outputs)
+        o = self.options
+        selection = SelectionOptions(o.conf_threshold, o.nms_iou, o.max_detections, o.pre_nms_top_k)
+        return [select_detections(boxes[i], scores[i], outputs.image_size, selection)
+                for i in range(boxes.shape[0])]
+
+    def dense_predictions(self, outputs: YoloV1Outputs) -> tuple[Tensor, Tensor]:
+        """Every predictor's box and per-class scores before selection: boxes [B, N, 4] xyxy input px, scores
+        [B, N, C]. Differentiable (explain's per-box attributions use it); decode selects from it."""
         # float32: bf16/fp16 under autocast cannot place a box to the pixel at common image sizes.
         outputs = YoloV1Outputs(grid=outputs.grid.float(), image_size=outputs.image_size)
         raw, class_logits = self._split(outputs.grid)
         boxes = self.decoded_boxes(outputs).flatten(1, 3)
         scores = raw[..., 4:5].sigmoid() * class_logits.softmax(dim=-1).unsqueeze(3)  # [B, Sh, Sw, B, C]
-        o = self.options
-        selection = SelectionOptions(o.conf_threshold, o.nms_iou, o.max_detections, o.pre_nms_top_k)
-        return [select_detections(boxes[i], scores[i].flatten(0, 2), outputs.image_size, selection)
-                for i in range(boxes.shape[0])]
+        return boxes, scores.flatten(1, 3)
 
     def metric(self) -> CocoDetectionMetric:
         return CocoDetectionMetric(self.num_classes)

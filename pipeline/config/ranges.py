@@ -56,6 +56,7 @@ def data_checks(config: Config) -> list[Check]:
         ("data.augment.rotate", augment.rotate, within(0.0, 180.0), "degrees in [0, 180]"),
         ("data.augment.color_jitter", augment.color_jitter, within(0.0, 1.0), "a strength in [0, 1]"),
         ("data.augment.hue", augment.hue, within(0.0, 0.5), "a hue shift in [0, 0.5]"),
+        ("data.shapes.max_shapes", data.shapes.max_shapes if data.shapes else 1, at_least(1), "an integer >= 1"),
     ]
 
 

@@ -30,6 +30,7 @@ class ShapesConfig:
     train_images: int = 800
     val_images: int = 200
     seed: int = 0
+    max_shapes: int = 4    # shapes per image: 1..max_shapes (1: one object per image, a clean classification set)
 
 
 @dataclass

@@ -52,7 +52,7 @@ def ensure_shapes(config: DataConfig) -> None:
         if not annotations.exists():
             log.info("generating %d shapes images in %s", count, annotations.parent)
             generate_shapes(annotations.parent, num_images=count, image_size=config.image_size,
-                            seed=config.shapes.seed + SPLIT_SEED_OFFSET[split])
+                            seed=config.shapes.seed + SPLIT_SEED_OFFSET[split], max_shapes=config.shapes.max_shapes)
 
 
 def build_splits(config: DataConfig, image_policy: ImagePolicy | None = None) -> DataSplits:

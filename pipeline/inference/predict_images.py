@@ -8,6 +8,7 @@ probabilities averaged.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,12 @@ class _Files(Dataset):
             raise DataCheckError(f"{self.inputs[position].path}: cannot be read ({error})") from error
         sample = None if self.options.tile else self.transform(RawRecord(image=image, image_id=position))
         return as_unit(image), sample
+
+
+def model_inputs(inputs: list[InputImage], options: PredictOptions) -> Tensor:
+    """The files as the model sees them: [N, C, H, W] in [0, 1] at the checkpoint's input size (explain)."""
+    files = _Files(inputs, dataclasses.replace(options, tile=0))
+    return torch.stack([files[i][1].image for i in range(len(files))])
 
 
 def as_unit(image: np.ndarray) -> np.ndarray:

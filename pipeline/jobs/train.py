@@ -29,6 +29,7 @@ from pipeline.engine.trainer import DataInfo, TrainResult, Trainer
 from pipeline.jobs.command import Command
 from pipeline.jobs.tables import metrics_table
 from pipeline.model import build_model
+from pipeline.report.run_report import FILE_NAME as REPORT, ReportInputs, write_report
 from pipeline.runtime.device import select_precision
 from pipeline.runtime.distributed import DistInfo, barrier, broadcast_from_main, init_distributed, shutdown
 from pipeline.runtime.seeding import seed_everything, set_deterministic
@@ -158,6 +159,26 @@ def record_run_end(tracker: Tracker, trainer: Trainer, result: TrainResult, outp
     for path, figure in figures.items():
         tracker.log_figure(figure, path)
     tracker.log_model(model, val_batch.image)
+    record_report(tracker, trainer, result, output_dir, model, val_batch, logged)
+
+
+def record_report(tracker: Tracker, trainer: Trainer, result: TrainResult, output_dir: Path, model, val_batch,
+                  logged) -> None:
+    """report.html in the run folder and at the run's artifact root, from what the run already has (no second
+    evaluation). A report that cannot be built is a warning: the training it describes is finished and saved."""
+    try:
+        inputs = ReportInputs(
+            run_id=tracker.run_id, config=trainer.config, metrics=logged,
+            class_names=trainer.data_info.class_names, evaluation=result.evaluation, model=model,
+            val_batch=val_batch, run_folder=output_dir, checkpoint=result.best_checkpoint or result.checkpoint,
+            status="FINISHED (stopped early)" if result.stopped_early else "FINISHED")
+        path = write_report(inputs, output_dir / REPORT)
+    except Exception as error:  # any failure of the report's figures or measurements; training is done
+        log.warning("could not write the run report (%s: %s); `python -m pipeline report %s` can, later",
+                    type(error).__name__, error, output_dir)
+        log.debug("building the run report failed", exc_info=error)
+        return
+    tracker.log_artifact(path)
 
 
 def send_what_the_killed_run_kept(output_dir: Path) -> None:

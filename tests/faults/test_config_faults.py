@@ -46,6 +46,7 @@ def assert_nothing_written(tmp_path) -> None:
     ("data.alpha_background=1.5", "data.alpha_background", "a grey level in [0, 1]"),
     ("data.augment.hflip_p=1.5", "data.augment.hflip_p", "[0, 1]"),
     ("data.augment.scale=[1.2,0.8]", "data.augment.scale", "low <= high"),
+    ("data.shapes.max_shapes=0", "data.shapes.max_shapes", ">= 1"),
     ("train.accumulate=0", "train.accumulate", ">= 1"),
     ("train.ema_decay=1", "train.ema_decay", "[0, 1)"),
     ("train.optimizer.lr=-1e-3", "train.optimizer.lr", ">= 0"),

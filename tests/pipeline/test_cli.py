@@ -19,7 +19,8 @@ def test_help_lists_every_command_with_its_description():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())        # argparse wraps the descriptions
-    assert set(COMMANDS) == {"train", "compare", "eval", "predict", "export", "summary", "sample", "replay", "check-data"}
+    assert set(COMMANDS) == {"train", "compare", "eval", "predict", "export", "summary", "sample", "replay",
+                             "explain", "report", "check-data"}
     for name, command in COMMANDS.items():
         assert f"{name} {command.help}" in text, name
 

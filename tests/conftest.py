@@ -1,4 +1,5 @@
-"""A tiny trained multi-task checkpoint (shapes set, every head kind), shared by the inference tests."""
+"""Session fixtures shared across test folders: a tiny trained multi-task checkpoint (shapes set, every head
+kind), used by the inference and explain tests."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,3 +40,21 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     config = tiny_config(folder)
     result, run_id = run_training(parse_config(config))
     return TinyRun(folder, Path(result.checkpoint), config, run_id)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: opens a page in headless Chromium (skipped where it is not "
+                                       "installed; `make browser` installs it); select with -m browser")
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (a selenium WebDriver, tests/browser.py), quit after the test; the test is skipped,
+    with the command that installs it, where Chromium is not installed."""
+    from browser import chromium_driver
+
+    driver = chromium_driver()
+    try:
+        yield driver
+    finally:
+        driver.quit()
