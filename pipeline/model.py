@@ -8,6 +8,8 @@ from torch import Tensor, nn
 import backbones
 from heads import registry as head_registry
 from heads.base import Head
+from pipeline.compression.output_layers import contract_layers
+from pipeline.compression.weight_quantisers import quantise_weights
 from pipeline.config.schema import ModelConfig
 
 
@@ -51,4 +53,8 @@ def build_model(config: ModelConfig, num_classes: int, in_channels: int = 3) -> 
                                   image_channels=in_channels)
         for task, head in config.heads.items()
     }
-    return MultiTaskModel(backbone, heads)
+    model = MultiTaskModel(backbone, heads)
+    if config.qat is not None:   # part of the model: every builder (train, resume, predict, export) gets it
+        keep = contract_layers(model, config, num_classes, in_channels) if config.qat.full_precision_ends else []
+        quantise_weights(model, config.qat.bits, keep)
+    return model

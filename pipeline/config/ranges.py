@@ -100,6 +100,9 @@ def model_checks(config: Config) -> list[Check]:
     ]
     checks += [(f"model.heads.{task}.weight", head.weight, at_least(0.0), "a loss weight >= 0")
                for task, head in config.model.heads.items()]
+    if config.model.qat is not None:
+        checks.append(("model.qat.bits", config.model.qat.bits, lambda v: v in (1, 2, 4, 8),
+                       "1 (binary), 2 (ternary), 4 or 8"))
     return checks
 
 

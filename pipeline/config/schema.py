@@ -119,11 +119,20 @@ class HeadConfig:
 
 
 @dataclass
+class QATConfig:
+    """Quantisation-aware training: every convolution and linear weight is quantised in the forward pass and
+    trained through it (pipeline/compression/weight_quantisers.py)."""
+    bits: int = 8                       # 8 | 4: uniform per output channel; 2: ternary {-s, 0, s}; 1: binary {-s, s}
+    full_precision_ends: bool = True    # keep the first convolution and the heads' output layers in float
+
+
+@dataclass
 class ModelConfig:
     heads: dict[str, HeadConfig]
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # How the task losses are combined: {name: static | uncertainty | dwa | gradnorm | pcgrad, ...its options}
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    qat: QATConfig | None = None        # null: float weights
 
 
 @dataclass

@@ -13,6 +13,7 @@ size, with a logged warning saying why, recorded in the sidecar.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
+from pipeline.compression.weight_quantisers import bake
 from pipeline.inference.named_outputs import NamedOutputsModel
 from pipeline.inference.onnx_runner import INPUT_NAME, TORCHSCRIPT_EXTRA
 from pipeline.inference.sidecar import build_sidecar, shape_pattern, write_sidecar
@@ -70,6 +73,16 @@ def default_path(checkpoint: Path, format: str) -> Path:
     return checkpoint.with_name(checkpoint.stem + SUFFIXES[format])
 
 
+def deployed(model: nn.Module) -> nn.Module:
+    """The model as it ships: a quantisation-aware model's weights replaced by their quantised values (a copy;
+    the trained model keeps its full-precision weights), any other model as it is."""
+    if not any(parametrize.is_parametrized(module) for module in model.modules()):
+        return model
+    copy_ = copy.deepcopy(model)
+    bake(copy_)
+    return copy_
+
+
 def export_model(trained: TrainedModel, out: str | Path, format: str = "onnx", dynamic: bool = True,
                  opset: int = DEFAULT_OPSET, example: Tensor | None = None) -> ExportResult:
     """Write `out` and its sidecar `<out>.json`. `example`: images [N, C, H, W] in [0, 1] to trace with
@@ -80,7 +93,7 @@ def export_model(trained: TrainedModel, out: str | Path, format: str = "onnx", d
     out.parent.mkdir(parents=True, exist_ok=True)
     # The exporter restores the wrapper's train/eval flag afterwards, and a fresh module is in training mode:
     # BatchNorm would then use batch statistics, in the reference as in the export.
-    wrapper = NamedOutputsModel(trained.model).eval()
+    wrapper = NamedOutputsModel(deployed(trained.model)).eval()
     stride = max(trained.model.backbone.strides)
     example = _example(trained, example)
     with torch.no_grad():
