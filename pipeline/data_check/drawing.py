@@ -52,7 +52,7 @@ def draw_sample(sample: Sample, class_names: list[str]) -> Tensor:
     scale = max(1, math.ceil(MIN_TILE_PIXELS / max(sample.image.shape[-2:])))
     picture = enlarged(as_rgb_uint8(sample.image), scale)
     if sample.mask is not None:
-        picture = _draw_mask(picture, sample.mask, scale)
+        picture = draw_mask(picture, sample.mask, scale)
     if sample.ignore_boxes is not None and len(sample.ignore_boxes):
         regions = sample.ignore_boxes * scale
         picture = draw_bounding_boxes(picture, regions, labels=["ignore"] * len(regions), colors=IGNORE_COLOUR,
@@ -84,7 +84,7 @@ def enlarged(tensor: Tensor, scale: int) -> Tensor:
     return tensor.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1) if scale > 1 else tensor
 
 
-def _draw_mask(picture: Tensor, mask: Tensor, scale: int) -> Tensor:
+def draw_mask(picture: Tensor, mask: Tensor, scale: int) -> Tensor:
     """Each class in its colour, IGNORE_INDEX pixels grey, background untouched."""
     values = [v for v in mask.unique().tolist() if v != 0]
     if not values:

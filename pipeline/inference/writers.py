@@ -304,7 +304,7 @@ def overlay(prediction: ImagePrediction, class_names: list[str]) -> Image.Image:
 
 def blend_mask(pixels: np.ndarray, mask: np.ndarray, scale: int) -> None:
     """Blend each class of `mask` into `pixels` ([H * scale, W * scale, 3] uint8, in place) in its colour, the
-    background untouched: check-data's look (drawing._draw_mask), computed on the mask's pixels only. _draw_mask's
+    background untouched: check-data's look (drawing.draw_mask), computed on the mask's pixels only. _draw_mask's
     torch.unique and torchvision's whole-image float blend take over a second on a 6 MP image; this a tenth."""
     mask = np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1) if scale > 1 else mask
     where = mask > 0

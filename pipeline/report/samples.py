@@ -16,8 +16,8 @@ from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from datasets.sample import Batch
-from pipeline.data_check.drawing import (BOX_WIDTH, GRID_PAD_VALUE, MIN_TILE_PIXELS, _draw_mask, as_rgb_uint8,
-                                         caption, class_colour, class_name, enlarged)
+from pipeline.data_check.drawing import (BOX_WIDTH, GRID_PAD_VALUE, MIN_TILE_PIXELS, as_rgb_uint8, caption,
+                                         class_colour, class_name, draw_mask, enlarged)
 from pipeline.model import MultiTaskModel
 
 MAX_IMAGES = 4
@@ -147,7 +147,7 @@ def _mask(picture: Tensor, mask: Tensor) -> Tensor:
     mask = mask.detach().cpu()
     if tuple(mask.shape) != tuple(picture.shape[-2:]):
         mask = F.interpolate(mask[None, None].float(), size=picture.shape[-2:], mode="nearest")[0, 0].long()
-    return _draw_mask(picture, mask, 1)
+    return draw_mask(picture, mask, 1)
 
 
 def _fit(tile: Tensor, size: torch.Size) -> Tensor:
