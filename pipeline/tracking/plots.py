@@ -89,20 +89,20 @@ def prediction_figure(images: Tensor, predictions: dict[str, Any], kinds: dict[s
     figure = Figure(figsize=(CELL_INCHES * columns, CELL_INCHES * len(images)), layout="constrained")
     grid = figure.subplots(len(images), columns, squeeze=False)
     for i, row in enumerate(grid):
-        picture = _picture(images[i])
-        _draw_image(row[0], picture, _class_title(i, predictions, kinds, class_names))
+        shown = picture(images[i])
+        _draw_image(row[0], shown, _class_title(i, predictions, kinds, class_names))
         for task in predictions:
             if kinds[task] == "detection":
                 _draw_boxes(row[0], predictions[task][i], class_names)
         for axes, task in zip(row[1:], masks):
-            _draw_image(axes, picture, task)
+            _draw_image(axes, shown, task)
             mask = predictions[task][i].detach().cpu()
-            height, width = picture.shape[:2]
+            height, width = shown.shape[:2]
             # Stretched over the image (extent) in case the head predicts at another resolution; 0 = background.
             axes.imshow(mask.numpy(), cmap="tab10", vmin=0, vmax=9, alpha=(mask > 0).float().numpy() * MASK_ALPHA,
                         interpolation="nearest", extent=(-0.5, width - 0.5, height - 0.5, -0.5))
         for axes, task in zip(row[1 + len(masks):], recons):
-            _draw_image(axes, _picture(predictions[task][i].detach().float().cpu().clamp(0, 1)), task)
+            _draw_image(axes, picture(predictions[task][i]), task)
     return figure
 
 
@@ -130,9 +130,10 @@ def display_channels(images: Tensor) -> Tensor:
     return images[..., :3, :, :] if images.shape[-3] >= 3 else images[..., :1, :, :]
 
 
-def _picture(image: Tensor):
-    """[C, H, W] in [0, 1] -> an array for imshow: HxWx3 RGB, or HxW grey (see display_channels)."""
-    shown = display_channels(image)
+def picture(image: Tensor):
+    """[C, H, W] in [0, 1] (any device or dtype; clamped) -> an array for imshow: HxWx3 RGB, or HxW grey (see
+    display_channels). Explain's figures draw their images with it too."""
+    shown = display_channels(image.detach().float().cpu().clamp(0, 1))
     return shown[0].numpy() if shown.shape[0] == 1 else shown.permute(1, 2, 0).numpy()
 
 

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from pipeline.analysis.explain.features_common import image_array
+from pipeline.tracking.plots import picture
 
 CELL_INCHES = 1.5
 
@@ -39,7 +39,7 @@ def grid(rows: list[list[Cell]], column_titles: list[str] | None = None) -> Figu
 
 def _draw(axes, cell: Cell) -> None:
     if cell.image is not None:
-        shown = image_array(cell.image)
+        shown = picture(cell.image)
         if cell.heat is not None:   # the heat map is what matters: the image only as a faint grey guide
             shown = shown if shown.ndim == 2 else shown.mean(axis=2)
             axes.imshow(shown, cmap="gray", vmin=0, vmax=1, alpha=0.5)

@@ -1,17 +1,16 @@
 """Small pieces the feature-space methods (activations, max_patches, embedding) share: which stages to show,
-reading a split in batches, and drawing an image cell."""
+reading a split in batches, and drawing an image cell (with plots.picture, as the run figures do)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from backbones.base import Backbone
 from pipeline.analysis.explain.inputs import ExplainInputs, NotApplicable
-from pipeline.tracking.plots import display_channels
+from pipeline.tracking.plots import picture
 
 BATCH_SIZE = 32
 DPI = 100
@@ -46,18 +45,12 @@ def split_batches(dataset: Dataset, limit: int, device: torch.device,
         yield torch.stack([s.image for s in samples]).to(device), [s.label for s in samples]
 
 
-def image_array(image: Tensor) -> np.ndarray:
-    """[C, H, W] in [0, 1] -> HxWx3 RGB or HxW grey for imshow (display_channels picks the channels)."""
-    shown = display_channels(image.detach().float().cpu().clamp(0, 1))
-    return shown[0].numpy() if shown.shape[0] == 1 else shown.permute(1, 2, 0).numpy()
-
-
 def show_image(axes, image: Tensor, title: str = "", **title_style) -> None:
-    picture = image_array(image)
-    if picture.ndim == 2:  # grey on a fixed [0, 1] scale, not stretched to the image's own range
-        axes.imshow(picture, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    shown = picture(image)
+    if shown.ndim == 2:  # grey on a fixed [0, 1] scale, not stretched to the image's own range
+        axes.imshow(shown, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
-        axes.imshow(picture, interpolation="nearest")
+        axes.imshow(shown, interpolation="nearest")
     axes.set_title(title, fontsize="x-small", **title_style)
     axes.set_axis_off()
 
