@@ -4,7 +4,9 @@ per-class scores, or the image's channels). Quantisation keeps them in full prec
 do) and pruning must not remove their channels.
 
 Found by asking the heads rather than by a list per head type: each head is built a second time for one more
-class and one more image channel, and the parameters whose shapes change are the ones those numbers decide."""
+class and one more image channel, and the parameters whose shapes change are the ones those numbers decide.
+(pruning.output_layers answers a narrower question from the traced graph, without the config: which layers'
+output channels a head's outputs are made of.)"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

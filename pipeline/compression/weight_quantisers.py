@@ -93,6 +93,11 @@ def bake(model: nn.Module) -> int:
     baked = 0
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
+            # Removing a parametrization deletes its property from the module's class, a class deepcopy
+            # shares between a model and its copies: give this module a class of its own first, or baking
+            # an export's copy would leave the trained model without weights.
+            cls = module.__class__
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
             baked += 1
     return baked

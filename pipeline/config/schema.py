@@ -127,12 +127,35 @@ class QATConfig:
 
 
 @dataclass
+class DistillFeaturesConfig:
+    """FitNets hints: each chosen backbone stage of the student, through a trained 1x1 adapter, regresses the
+    teacher's map of that stage."""
+    stages: list[int] = field(default_factory=lambda: [-1])   # backbone stage indices (negative: from the deepest)
+    weight: float = 1.0                 # the `features` term = weight x the summed per-stage MSE
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation: a trained teacher (or an ensemble, its outputs averaged) supervises the student
+    (pipeline/compression/distillation.py)."""
+    teacher: str | list[str]            # checkpoint path or runs:/<id>; a list: an ensemble
+    temperature: float = 4.0            # softens the softmax / sigmoid targets of classification and segmentation
+    alpha: float = 0.5                  # task loss = (1 - alpha) x the head's own + alpha x distillation
+    tasks: list[str] | None = None      # null: every task the teacher also has with the same head kind
+    features: DistillFeaturesConfig | None = None   # null: outputs only
+
+
+@dataclass
 class ModelConfig:
     heads: dict[str, HeadConfig]
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # How the task losses are combined: {name: static | uncertainty | dwa | gradnorm | pcgrad, ...its options}
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     qat: QATConfig | None = None        # null: float weights
+    distill: DistillConfig | None = None    # null: no teacher
+    # Every weight (heads too) from a trained checkpoint of this pipeline, path or runs:/<id>: fine-tuning after
+    # `prune`, QAT from a float model (pipeline/engine/initial_weights.py). null: backbone.pretrained alone.
+    init: str | None = None
 
 
 @dataclass
@@ -262,7 +285,36 @@ def parse_config(raw: dict, source: str = "config") -> Config:
     config.model.heads, config.model.weighting = heads, weighting
     check_data(config.data, source)
     check_ranges(config, source)
+    check_distill(config.model, source)
     return config
+
+
+def check_distill(model: ModelConfig, source: str) -> None:
+    """model.distill's values; whether the teacher fits the student is checked when it is loaded."""
+    distill = model.distill
+    if distill is None:
+        return
+    where = "model.distill."
+    teachers = distill.teacher if isinstance(distill.teacher, list) else [distill.teacher]
+    if not teachers or not all(teachers):
+        raise ConfigError(f"{source}: {where}teacher: expected a checkpoint path or runs:/<id>, or a non-empty "
+                          f"list of them, got {distill.teacher!r}")
+    if not distill.temperature > 0:
+        raise ConfigError(f"{source}: {where}temperature: expected > 0, got {distill.temperature!r}")
+    if not 0 <= distill.alpha <= 1:
+        raise ConfigError(f"{source}: {where}alpha: expected a weight in [0, 1], got {distill.alpha!r}")
+    for index, task in enumerate(distill.tasks or []):
+        if task not in model.heads:
+            raise ConfigError(f"{source}: {where}tasks[{index}]: no task {task!r} in model.heads; the model's "
+                              f"tasks are {', '.join(model.heads)}")
+    if distill.tasks == [] and distill.features is None:
+        raise ConfigError(f"{source}: {where}tasks: an empty list distils nothing without features; expected "
+                          "null (every task the teacher shares) or task names")
+    if distill.features is not None:
+        if not distill.features.stages:
+            raise ConfigError(f"{source}: {where}features.stages: expected at least one backbone stage index")
+        if not distill.features.weight >= 0:
+            raise ConfigError(f"{source}: {where}features.weight: expected >= 0, got {distill.features.weight!r}")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

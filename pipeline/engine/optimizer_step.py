@@ -5,7 +5,8 @@ synchronises gradients only on the last micro-batch); then unscale (GradScaler),
 losses and the gradient norm, averaged over ranks so every rank decides alike, are finite. A non-finite step
 changes nothing and is skipped with a warning; train.max_bad_steps of them in a row stop the run. A step
 GradScaler skips for an fp16 overflow advances nothing else either. A step that trained advances the loss
-weights, the schedule and the EMA.
+weights, the schedule and the EMA. With a Distiller (model.distill) each micro-batch's head terms are joined by
+the teacher's (pipeline/compression/distillation.py); without one the step is as if it did not exist.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import dataclasses
 import logging
 import math
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.utils import ModelEmaV3
@@ -28,6 +29,10 @@ from pipeline.engine.schedules import Schedule
 from pipeline.tracking.tracker import Tracker
 from pipeline.engine.training_state import TrainingState
 from pipeline.weighting import BackwardContext, CompoundLoss, Weighting, backward_context, compound_loss
+from pipeline.weighting.base import average_gradients
+
+if TYPE_CHECKING:
+    from pipeline.compression.distillation import Distiller
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +47,9 @@ class OptimizerStep:
 
     def __init__(self, model: MultiTaskModel, weighting: Weighting, optimizer: torch.optim.Optimizer,
                  scheduler: Schedule, ema: ModelEmaV3 | None, precision: Precision, train: TrainConfig,
-                 dist: DistInfo, steps_per_epoch: int) -> None:
+                 dist: DistInfo, steps_per_epoch: int, distiller: Distiller | None = None) -> None:
         self.model, self.weighting, self.optimizer, self.scheduler = model, weighting, optimizer, scheduler
-        self.ema = ema
+        self.ema, self.distiller = ema, distiller
         self.precision, self.train, self.dist, self.steps_per_epoch = precision, train, dist, steps_per_epoch
         self.scaler = precision.scaler()
         # The DDP wrapper under torchrun, set (and rebuilt when the frozen set changes) by hooks.TrainMode.
@@ -81,6 +86,9 @@ class OptimizerStep:
         """The window's gradients in .grad (scaled); its mean loss values over micro-batches and ranks."""
         self.optimizer.zero_grad(set_to_none=True)
         context = backward_context(self.model, self.scaler, len(window), self.dist)
+        if self.distiller is not None:  # the adapters are outside the model: strategies that route gradients
+            # themselves (PCGrad) must route theirs too
+            context = dataclasses.replace(context, task_specific=context.task_specific + self.distiller.parameters())
         # Strategies that reduce gradients themselves (PCGrad) run the plain model: no DDP hooks, no no_sync.
         reducer = self.dist.enabled and self.weighting.uses_ddp_reducer
         net = self.wrapped if reducer else self.model
@@ -92,25 +100,42 @@ class OptimizerStep:
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float() / len(window)
         self.weighting.finish(context)
+        if self.distiller is not None and self.weighting.uses_ddp_reducer:
+            average_gradients(self.distiller.parameters(), self.dist)   # outside the DDP wrapper: averaged here
         names = list(sums)
         return dict(zip(names, all_reduce_mean(torch.stack([sums[n] for n in names]), self.dist).tolist()))
 
     def backward(self, net: nn.Module, batch: Any, context: BackwardContext) -> dict[str, torch.Tensor]:
         """One micro-batch: forward, the heads' losses, and the weighting strategy's backward; the values to log."""
         with self.precision.autocast():
-            outputs = net(batch.image)
-            terms = {task: head.loss(outputs[task], batch) for task, head in self.model.heads.items()}
+            terms, features = self.task_terms(net, batch)
         loss = compound_loss(terms)
         extra = penalty(self.model, self.train.optimizer)
         if extra is not None:
             loss.terms["penalty"] = extra
+        if features is not None:  # like the penalty: outside the task losses the weighting combines
+            loss.terms["features"] = features
+            extra = features if extra is None else extra + features
         total = self.weighting.backward(loss.per_task, context, extra)
         return loss_values(total, loss)
+
+    def task_terms(self, net: nn.Module, batch: Any) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor | None]:
+        """The forward and each head's loss terms, with the distillation's when distilling; and the feature
+        distillation term (None without)."""
+        if self.distiller is None:
+            outputs = net(batch.image)
+            return {task: head.loss(outputs[task], batch) for task, head in self.model.heads.items()}, None
+        with self.distiller.watch(self.model) as student_maps:
+            outputs = net(batch.image)
+        terms = {task: head.loss(outputs[task], batch) for task, head in self.model.heads.items()}
+        distilled = self.distiller.terms(self.model, terms, outputs, batch.image, student_maps)
+        return distilled.tasks, distilled.features
 
     def unscale_and_clip(self) -> float:
         """The global gradient norm (after unscaling), clipped to train.grad_clip when set."""
         self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        adapters = self.distiller.parameters() if self.distiller is not None else []
+        params = [p for p in [*self.model.parameters(), *adapters] if p.grad is not None]
         if not params:
             return 0.0
         if self.train.grad_clip:

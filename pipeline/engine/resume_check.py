@@ -27,6 +27,10 @@ def check_resumable(checkpoint: Path, state: dict[str, Any], config: Config, cla
     saved_tasks = sorted(saved_config.get("model", {}).get("heads", {}))
     if saved_tasks and saved_tasks != sorted(config.model.heads):
         differences.insert(0, f"model.heads: checkpoint tasks {saved_tasks}, config {sorted(config.model.heads)}")
+    saved_distill = saved_config.get("model", {}).get("distill")
+    if (saved_distill is None) != (config.model.distill is None):   # one side null: no leaves to compare below
+        differences.append(f"model.distill: checkpoint {saved_distill!r}, config "
+                           f"{config_to_dict(config)['model']['distill']!r}")
     saved_classes = state.get("class_names")
     if saved_classes is not None and list(saved_classes) != list(class_names):
         differences.append(f"classes: checkpoint {list(saved_classes)}, data {list(class_names)}")
@@ -62,8 +66,9 @@ def flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
 def optimizer_differences(state: dict[str, Any], config: Config, model: nn.Module) -> list[str]:
     """The optimiser's parameter groups (name, size) in the checkpoint against those this code builds: a
     checkpoint of older code may group them otherwise (e.g. before norms and biases had a group of their own)."""
+    # the learned task weights' group and the distillation adapters': decided by model.weighting, model.distill
     saved = [(group.get("name"), len(group["params"])) for group in state["optimizer"]["param_groups"]
-             if group.get("name") != "weighting"]     # the learned task weights' group: decided by model.weighting
+             if group.get("name") not in ("weighting", "distill")]
     built = [(group["name"], len(group["params"]))
              for group in build_optimizer(model, config.train.optimizer, config.model.backbone).param_groups]
     if saved == built:

@@ -5,7 +5,8 @@ clipping, non-finite steps) is optimizer_step.py's OptimizerStep; the work done 
 mode and frozen stages, progress bar, tracking, checkpoints, the loss weighting's epoch end, validation with
 the monitor and plateau schedule) is hooks.py's. Everything needed to continue bit for bit is in the
 checkpoint: weights, EMA, optimiser, schedule, scaler, the loop's state (position: the sampler skips what was
-read; the epoch's totals; the history), every rank's RNG states, the monitor and the MLflow run id.
+read; the epoch's totals; the history), every rank's RNG states, the monitor, the MLflow run id and, when
+distilling, the feature adapters (the teacher is not saved: the config names it).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.utils import ModelEmaV3
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from datasets.image_io import ImagePolicy
 from datasets.sampling import ResumableDistributedSampler
+from pipeline.compression.architecture import architecture
 from pipeline.engine.checkpoint import CheckpointFolder
 from pipeline.config.schema import Config, config_to_dict
 from pipeline.runtime.device import Precision
@@ -42,6 +44,9 @@ from pipeline.tracking.tracker import Tracker
 from pipeline.engine.training_state import EpochTotals, Position, TrainingState
 from pipeline.config.typed import ConfigError
 from pipeline.weighting import build_weighting
+
+if TYPE_CHECKING:
+    from pipeline.compression.distillation import Distiller
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +75,12 @@ class TrainResult:
 class Trainer:
     def __init__(self, config: Config, model: MultiTaskModel, train_loader: DataLoader, val_loader: DataLoader,
                  data_info: DataInfo, device: torch.device, precision: Precision, output_dir: Path,
-                 tracker: Tracker | None = None, dist: DistInfo = DistInfo(), run_id: str | None = None):
+                 tracker: Tracker | None = None, dist: DistInfo = DistInfo(), run_id: str | None = None,
+                 distiller: Distiller | None = None):
         train = config.train
         validate_scheduler(train)  # a plateau schedule without train.monitor fails now, not after an epoch
         self.config, self.data_info, self.device, self.precision = config, data_info, device, precision
-        self.tracker, self.dist, self.run_id = tracker, dist, run_id
+        self.tracker, self.dist, self.run_id, self.distiller = tracker, dist, run_id, distiller
         self.model = prepare_model(model, train.sync_batchnorm, dist, device)
         self.train_loader, self.val_loader = train_loader, val_loader
         self.sampler = train_sampler(train_loader)
@@ -88,6 +94,9 @@ class Trainer:
         weighting_group = self.weighting.param_group(train.optimizer.lr)
         if weighting_group:  # learned task weights (uncertainty, gradnorm): stepped with the model, scheduled alike
             self.optimizer.add_param_group(weighting_group)
+        distill_group = distiller.param_group(train.optimizer.lr) if distiller is not None else None
+        if distill_group:   # feature adapters: trained and scheduled with the model, but not part of it
+            self.optimizer.add_param_group(distill_group)
         self.scheduler = build_scheduler(self.optimizer, train.scheduler, self.steps_per_epoch, train.epochs,
                                          monitor_mode=train.monitor_mode)
         self.ema = ModelEmaV3(self.model, decay=train.ema_decay) if train.ema_decay > 0 else None
@@ -96,7 +105,7 @@ class Trainer:
         self.checkpoints = CheckpointFolder(output_dir, train.checkpoint.keep_last)
         self.state = TrainingState()
         self.step = OptimizerStep(self.model, self.weighting, self.optimizer, self.scheduler, self.ema, precision,
-                                  train, dist, self.steps_per_epoch)
+                                  train, dist, self.steps_per_epoch, distiller)
         self.train_mode = TrainMode()
         # Each point calls them in this order: an epoch's figures are logged before its checkpoint, and the
         # trained epoch is checkpointed before the loss weighting's epoch end and before validation.
@@ -172,6 +181,7 @@ class Trainer:
         """What a checkpoint holds (restore() reads it back); `rng` has every rank's RNG states."""
         return {
             "model": self.model.state_dict(),
+            "architecture": architecture(self.model),      # its shapes, which differ from the config's when pruned
             "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -180,6 +190,7 @@ class Trainer:
             "rng": rng,
             "monitor": self.monitor.state_dict(),
             "weighting": self.weighting.state_dict(),
+            "distill": self.distiller.state_dict() if self.distiller is not None else None,
             "epoch_totals": dataclasses.asdict(self.state.totals),
             "history": self.state.history,
             "tracking_run_id": self.run_id,
@@ -201,6 +212,8 @@ class Trainer:
         self.step.scaler.load_state_dict(state["scaler"])
         self.monitor.load_state_dict(state["monitor"])
         self.weighting.load_state_dict(state["weighting"])
+        if self.distiller is not None:
+            self.distiller.load_state_dict(state.get("distill"))
         self.state.position = Position(**state["position"])
         self.state.totals = EpochTotals(**state["epoch_totals"])
         self.state.history = list(state["history"])

@@ -2,9 +2,10 @@
 
 Both sides go through the validation code training used (`pipeline.engine.validation.evaluate`): PyTorch with
 the model itself, the export through its runner. Reported: the largest absolute difference per output name,
-and the validation metrics of each side; they agree when every metric is equal to 3 decimals. When the val
-split is not where the config says (the run's data moved), only the outputs on the export's example images are
-compared, and the report says so.
+and the validation metrics of each side; they agree when every metric is equal to 3 decimals (an int8 export
+cannot: `metric_drops` says how much worse each of its metrics is). When the val split is not where the config
+says (the run's data moved), only the outputs on the export's example images are compared, and the report says
+so.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_IMAGES = 64
 DECIMALS = 3
 EXAMPLE_TOLERANCE = 1e-3   # without metrics (no val data), the outputs themselves must agree to this
+LOWER_IS_BETTER = ("mse", "loss")   # metric names (last part) where a higher value is a worse model
 
 
 @dataclass
@@ -133,6 +135,30 @@ def _val_loader(trained: TrainedModel, max_images: int) -> tuple[DataLoader | No
     data = dataclasses.replace(trained.config.data, num_workers=0)
     subset = Subset(dataset, range(min(max_images, len(dataset))))
     return eval_loader(subset, data, trained.config.seed), f"{len(subset)} images of the val split {where}"
+
+
+def task_metrics(report: ParityReport) -> list[str]:
+    """The "task/metric" names of either side (per-class entries, "task/metric/class", left out)."""
+    return [name for name in sorted(set(report.metrics_torch) | set(report.metrics_export)) if name.count("/") == 1]
+
+
+def metric_drops(report: ParityReport) -> dict[str, float]:
+    """Per task metric, how much worse the export scores than PyTorch (negative: better), for an export that
+    cannot agree exactly (int8), on the metric's own scale: in absolute terms for metrics of magnitude up to 1
+    (accuracy, IoU, mAP, SSIM: 0.05 is 5 points), relative to PyTorch's value beyond (PSNR in dB: 0.05 is 5% of
+    it), so a drop of a metric near 0 is not blown up by dividing by it. Equal values (NaN on both sides: no
+    such targets in these images) drop 0; a metric only one side has drops inf, worse than any bound."""
+    return {name: _drop(name, report.metrics_torch.get(name), report.metrics_export.get(name))
+            for name in task_metrics(report)}
+
+
+def _drop(name: str, reference: float | None, value: float | None) -> float:
+    if reference is None or value is None or math.isnan(reference) != math.isnan(value):
+        return math.inf
+    if math.isnan(reference):
+        return 0.0
+    drop = value - reference if name.rsplit("/", 1)[1] in LOWER_IS_BETTER else reference - value
+    return drop / max(abs(reference), 1.0)
 
 
 def _same(a: float | None, b: float | None) -> bool:

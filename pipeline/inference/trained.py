@@ -14,6 +14,7 @@ from backbones.weights import WeightsFileError
 from datasets.image_io import ImagePolicy
 from pipeline.config.schema import Config, parse_config
 from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.engine.initial_weights import take_architecture
 from pipeline.model import MultiTaskModel, build_model
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def _model(path: Path, state: dict, config: Config, num_classes: int) -> MultiTa
     model = build_model(model_config, num_classes=num_classes, in_channels=config.data.channels)
     weights = state["ema"] if state.get("ema") is not None else state["model"]
     try:
+        take_architecture(model, state, weights)    # a pruned model's shapes
         model.load_state_dict(weights)
     except RuntimeError as error:  # written by code whose heads differ from today's
         raise WeightsFileError(f"{path}: its weights do not fit the model this code builds from its config "

@@ -2,8 +2,8 @@
 pipeline/jobs/ ending with a COMMAND (pipeline/jobs/command.py) plus one line here."""
 from __future__ import annotations
 
-from pipeline.jobs import (check_data, compare, evaluate, explain, export, predict, replay, report, sample, summary,
-                           train)
+from pipeline.jobs import (check_data, compare, evaluate, explain, export, predict, prune, replay, report, sample,
+                           summary, train)
 from pipeline.jobs.command import Command
 
 COMMANDS: dict[str, Command] = {command.name: command for command in (
@@ -13,6 +13,7 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
     export.COMMAND,
     predict.COMMAND,
     summary.COMMAND,
+    prune.COMMAND,
     sample.COMMAND,
     replay.COMMAND,
     explain.COMMAND,

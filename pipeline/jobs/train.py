@@ -19,11 +19,13 @@ import yaml
 
 from backbones.weights import WeightsFileError
 from datasets.summary import summarize
+from pipeline.compression.distillation import Distiller, load_distiller
 from pipeline.config.schema import Config, config_to_dict, load_config
 from pipeline.config.typed import ConfigError, DataCheckError
 from pipeline.data_check.guard import require_trainable
 from pipeline.engine.checkpoint import latest_checkpoint, newest_readable_checkpoint
 from pipeline.engine.data import build_splits, ensure_shapes, eval_loader, stored_image_policy, train_loader
+from pipeline.engine.initial_weights import load_initial_weights, take_architecture
 from pipeline.engine.resume_check import check_resumable
 from pipeline.engine.trainer import DataInfo, TrainResult, Trainer
 from pipeline.jobs.command import Command
@@ -97,6 +99,12 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
     summary = summarize(splits.train, config.data.image_size, config.data.resize)
     for head in model.heads.values():
         head.fit_data(summary)
+    if resume:    # a pruned run continues with its own shapes
+        take_architecture(model, resume.state)
+    elif config.model.init:
+        load_initial_weights(model, config.model.init, splits.class_names, resolve_uri(config.tracking))
+    # On the student's final shapes and fitted anchors (the teacher's are compared with them), before any run
+    distiller = load_teacher(config, model, splits.class_names, device)
     if resume:  # before the run it names is reopened, written to or marked: a wrong checkpoint changes nothing
         check_resumable(resume.checkpoint, resume.state, config, splits.class_names, model)
     if dist.is_main:
@@ -115,7 +123,7 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
             config, model, train_loader(splits.train, config.data, config.seed, dist),
             eval_loader(splits.val, config.data, config.seed, dist),
             DataInfo(splits.class_names, splits.category_ids, splits.image_policy.to_dict()), device, select_precision(config.train.amp, device),
-            output_dir, tracker, dist, run_id,
+            output_dir, tracker, dist, run_id, distiller,
         )
         if resume:
             trainer.restore(resume.state)
@@ -129,6 +137,13 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
     if tracker:
         tracker.end("FINISHED")
     return result, run_id
+
+
+def load_teacher(config: Config, model, class_names: list[str], device) -> Distiller | None:
+    """model.distill's teacher(s), checked against this student; None when not distilling."""
+    if config.model.distill is None:
+        return None
+    return load_distiller(config.model.distill, model, class_names, device, resolve_uri(config.tracking))
 
 
 def start_run(tracker: Tracker | None, config: Config, resume: Resume | None, tags: dict[str, str]) -> str | None:

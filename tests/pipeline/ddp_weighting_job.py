@@ -1,5 +1,5 @@
 """Run under torchrun by test_weighting_ddp.py: train one epoch of two steps (with validation and checkpoints)
-with every weighting strategy, then save this rank's parameters, BatchNorm statistics (the U-Net decoder's, the
+with every weighting strategy, and distilled with feature adapters under two, then save this rank's parameters, BatchNorm statistics (the U-Net decoder's, the
 EMA's) and task weights to <out>/rank<r>.pt."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.compression.distillation import load_distiller
 from pipeline.config.schema import parse_config
 from pipeline.engine.data import build_splits, ensure_shapes, eval_loader, train_loader
 from pipeline.runtime.device import select_precision
@@ -15,6 +16,8 @@ from pipeline.runtime.distributed import barrier, init_distributed, shutdown
 from pipeline.model import build_model
 from pipeline.engine.trainer import DataInfo, Trainer
 from pipeline.weighting import STRATEGIES
+
+DISTILLED = ("static", "pcgrad")   # the DDP reducer averages the model's gradients, and PCGrad its own
 
 
 def config_for(strategy: str, data: Path) -> dict:
@@ -41,24 +44,37 @@ def main(out: Path) -> None:
     dist, device = init_distributed("cpu")
     results = {}
     for strategy in STRATEGIES:
-        config = parse_config(config_for(strategy, out / "data"))
-        if dist.is_main:
-            ensure_shapes(config.data)
-        barrier(dist)
-        splits = build_splits(config.data)
-        torch.manual_seed(config.seed)
-        model = build_model(config.model, num_classes=len(splits.class_names))
-        trainer = Trainer(config, model, train_loader(splits.train, config.data, config.seed, dist),
-                          eval_loader(splits.val, config.data, config.seed, dist),
-                          DataInfo(splits.class_names, splits.category_ids, splits.image_policy.to_dict()), device,
-                          select_precision("fp32", device), out / strategy / f"rank{dist.rank}", dist=dist)
-        trainer.fit()
-        results[strategy] = {"parameters": {k: v.detach().clone() for k, v in trainer.model.named_parameters()},
-                             "statistics": running_statistics(trainer.model),
-                             "ema_statistics": running_statistics(trainer.ema.module),
-                             "weights": trainer.weighting.weights(), "steps": trainer.state.position.global_step}
+        results[strategy] = train(parse_config(config_for(strategy, out / "data")), out / strategy, dist, device)
+    # Distilled, with FitNets adapters (outside the model and its DDP wrapper), taught by the static run's model.
+    for strategy in DISTILLED:
+        raw = config_for(strategy, out / "data")
+        raw["model"]["distill"] = {"teacher": str(out / "static" / "rank0" / "last.pt"), "features": {"stages": [-1]}}
+        results[f"distill/{strategy}"] = train(parse_config(raw), out / f"distill-{strategy}", dist, device)
     torch.save(results, out / f"rank{dist.rank}.pt")
     shutdown()
+
+
+def train(config, folder: Path, dist, device) -> dict:
+    """One epoch of two steps on this rank; what each rank must agree on afterwards."""
+    if dist.is_main:
+        ensure_shapes(config.data)
+    barrier(dist)
+    splits = build_splits(config.data)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, num_classes=len(splits.class_names))
+    distiller = (load_distiller(config.model.distill, model, splits.class_names, device, None)
+                 if config.model.distill else None)
+    trainer = Trainer(config, model, train_loader(splits.train, config.data, config.seed, dist),
+                      eval_loader(splits.val, config.data, config.seed, dist),
+                      DataInfo(splits.class_names, splits.category_ids, splits.image_policy.to_dict()), device,
+                      select_precision("fp32", device), folder / f"rank{dist.rank}", dist=dist, distiller=distiller)
+    trainer.fit()
+    adapters = distiller.state_dict()["adapters"] if distiller else {}
+    return {"parameters": {k: v.detach().clone() for k, v in trainer.model.named_parameters()},
+            "adapters": {k: v.detach().clone() for k, v in adapters.items()},
+            "statistics": running_statistics(trainer.model),
+            "ema_statistics": running_statistics(trainer.ema.module),
+            "weights": trainer.weighting.weights(), "steps": trainer.state.position.global_step}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Every weighting strategy under real torchrun DDP (2 CPU processes, gloo, 2 micro-batches per step):
-both ranks end with identical parameters, task weights and BatchNorm statistics, and rank 0 checkpoints them."""
+both ranks end with identical parameters, task weights and BatchNorm statistics, and rank 0 checkpoints them; so
+do distilled runs with feature adapters (outside the DDP wrapper) under the DDP reducer and under PCGrad."""
 from __future__ import annotations
 
 import os
@@ -24,15 +25,18 @@ def test_every_strategy_keeps_both_ranks_identical_under_ddp(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    assert set(ranks[0]) == set(STRATEGIES)
-    for strategy in STRATEGIES:
+    distilled = ["distill/static", "distill/pcgrad"]     # the job's DISTILLED
+    assert set(ranks[0]) == set(STRATEGIES) | set(distilled)
+    for strategy in [*STRATEGIES, *distilled]:
         first, second = ranks[0][strategy], ranks[1][strategy]
         assert first["steps"] == 2, strategy
         assert first["weights"] == second["weights"], strategy
-        unequal = [k for k in first["parameters"] if not torch.equal(first["parameters"][k], second["parameters"][k])]
-        assert not unequal, f"{strategy}: {unequal[:3]}"
+        for part in ("parameters", "adapters"):    # the adapters live outside the DDP wrapper
+            unequal = [k for k in first[part] if not torch.equal(first[part][k], second[part][k])]
+            assert not unequal, f"{strategy}: {unequal[:3]}"
+        assert bool(first["adapters"]) == strategy.startswith("distill/"), strategy
         # Each rank normalised its own batches; validation and the checkpoint must see one set of statistics.
-        saved = load_checkpoint(tmp_path / strategy / "rank0" / "last.pt")
+        saved = load_checkpoint(tmp_path / strategy.replace("/", "-") / "rank0" / "last.pt")
         for part, kept in (("statistics", saved["model"]), ("ema_statistics", saved["ema"])):
             assert first[part], f"{strategy}: no BatchNorm statistics found"
             for key, value in first[part].items():
