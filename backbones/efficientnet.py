@@ -14,9 +14,9 @@ from backbones.torchvision_models import features_backbone
 STAGE_ENDS = [2, 3, 4, 6, 9]
 
 
-def build(pretrained: bool | str = False) -> Backbone:
+def build(pretrained: bool | str = False, output_stride: int = 32) -> Backbone:
     return features_backbone(efficientnet_b0, EfficientNet_B0_Weights, pretrained, STAGE_ENDS,
-                             [16, 24, 40, 112, 1280])
+                             [16, 24, 40, 112, 1280], "efficientnet_b0", output_stride)
 
 
 BACKBONES = {"efficientnet_b0": build}

@@ -10,8 +10,9 @@ from backbones.torchvision_models import features_backbone
 STAGE_ENDS = [2, 4, 7, 14, 19]
 
 
-def build(pretrained: bool | str = False) -> Backbone:
-    return features_backbone(mobilenet_v2, MobileNet_V2_Weights, pretrained, STAGE_ENDS, [16, 24, 32, 96, 1280])
+def build(pretrained: bool | str = False, output_stride: int = 32) -> Backbone:
+    return features_backbone(mobilenet_v2, MobileNet_V2_Weights, pretrained, STAGE_ENDS, [16, 24, 32, 96, 1280],
+                             "mobilenet_v2", output_stride)
 
 
 BACKBONES = {"mobilenet_v2": build}

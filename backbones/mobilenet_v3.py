@@ -18,9 +18,9 @@ VARIANTS = {
 }
 
 
-def build(name: str, pretrained: bool | str = False) -> Backbone:
+def build(name: str, pretrained: bool | str = False, output_stride: int = 32) -> Backbone:
     builder, weights, ends, channels = VARIANTS[name]
-    return features_backbone(builder, weights, pretrained, ends, channels)  # random init: torchvision's Kaiming
+    return features_backbone(builder, weights, pretrained, ends, channels, name, output_stride)  # random init: torchvision's Kaiming
 
 
 BACKBONES = {name: partial(build, name) for name in VARIANTS}

@@ -1,12 +1,14 @@
 """Backbones by name. A new family is one file exporting `BACKBONES = {name: build}` plus a line here."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from backbones import (
     alexnet, efficientnet, googlenet, lenet, mobilenet_v2, mobilenet_v3, resnet, shufflenet_v2, timm_models, vgg,
 )
 from backbones.base import Backbone
+from backbones.dilation import check_output_stride
 from backbones.input_channels import adapt_input_channels, first_conv_weight_key
 from backbones.weights import is_file_path, load_state_dict_file
 
@@ -32,14 +34,21 @@ def names() -> list[str]:
 CHECKPOINT_PREFIX = "backbone."  # how a MultiTaskModel's state dict names its backbone's tensors
 
 
-def build(name: str, pretrained: bool | str | None = False, in_channels: int = 3, **options: Any) -> Backbone:
+def build(name: str, pretrained: bool | str | None = False, in_channels: int = 3, output_stride: int = 32,
+          **options: Any) -> Backbone:
     """`pretrained`: false | true | a weights name | a state-dict file, either the library model's or one of
     this pipeline's training checkpoints (its backbone part is loaded: autoencoder pre-training, then transfer).
 
     `in_channels`: image channels (data.channels). The family is built for RGB and its weights loaded, then
     its first convolution and normalisation are adapted to `in_channels` (backbones/input_channels.py). A
     training checkpoint may hold a backbone of `in_channels` channels (a run on the same data: adapted
-    first, then loaded) or an RGB one (loaded, then adapted)."""
+    first, then loaded) or an RGB one (loaded, then adapted).
+
+    `output_stride`: 32 (as designed), 16 or 8: the deepest stages dilate instead of downsampling
+    (backbones/dilation.py); the parameters are the same, so every kind of weights above still loads."""
+    check_output_stride(name, output_stride)
+    if output_stride != 32:
+        options["output_stride"] = output_stride  # only then: families without dilation take no such option
     if is_file_path(pretrained):
         state = load_state_dict_file(pretrained)
         if any(key.startswith(CHECKPOINT_PREFIX) for key in state):
@@ -69,4 +78,14 @@ def _build(name: str, pretrained: bool | str | None, **options: Any) -> Backbone
         return timm_models.build(name[len(TIMM_PREFIX):], pretrained=pretrained, **options)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(names())}, or {TIMM_PREFIX}<timm model name>")
-    return BACKBONES[name](pretrained=pretrained, **options)
+    builder = BACKBONES[name]
+    if "output_stride" in options and "output_stride" not in inspect.signature(builder).parameters:
+        raise ValueError(f"backbone {name} cannot change its output stride (its stages downsample by pooling); it "
+                         f"supports output_stride 32 only. Dilated ones (16, 8): {', '.join(dilatable_names())}, "
+                         f"or {TIMM_PREFIX}<timm model name>")
+    return builder(pretrained=pretrained, **options)
+
+
+def dilatable_names() -> list[str]:
+    """Backbones that take output_stride 16 and 8."""
+    return [n for n in names() if "output_stride" in inspect.signature(BACKBONES[n]).parameters]

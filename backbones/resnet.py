@@ -10,6 +10,7 @@ from torch import nn
 from torchvision import models
 
 from backbones.base import Backbone
+from backbones.dilation import capped_strides, dilate_stages, resnet_dilation
 from backbones.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, build_torchvision
 
 BASIC = [64, 64, 128, 256, 512]          # BasicBlock widths
@@ -26,9 +27,13 @@ VARIANTS = {
 }
 
 
-def build(name: str, pretrained: bool | str = False) -> Backbone:
+def build(name: str, pretrained: bool | str = False, output_stride: int = 32) -> Backbone:
     builder, weights, channels = VARIANTS[name]
-    net = build_torchvision(builder, weights, pretrained)
+    # Bottleneck nets: torchvision's own dilated ResNet (DeepLab's). Its BasicBlock refuses dilation, so
+    # ResNet-18/34 are dilated afterwards (dilate_stages). Same parameters either way: weights still load.
+    basic = channels == BASIC
+    dilation = resnet_dilation(32 if basic else output_stride)
+    net = build_torchvision(builder, weights, pretrained, replace_stride_with_dilation=dilation)
     stages = [
         nn.Sequential(net.conv1, net.bn1, net.relu),
         nn.Sequential(net.maxpool, net.layer1),
@@ -36,7 +41,9 @@ def build(name: str, pretrained: bool | str = False) -> Backbone:
         net.layer3,
         net.layer4,
     ]
-    return Backbone(stages, channels=channels, strides=[2, 4, 8, 16, 32], mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    strides = [2, 4, 8, 16, 32]
+    strides = dilate_stages(name, stages, strides, output_stride) if basic else capped_strides(strides, output_stride)
+    return Backbone(stages, channels=channels, strides=strides, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 BACKBONES = {name: partial(build, name) for name in VARIANTS}

@@ -33,21 +33,39 @@ FEATURE_LIST_OPTIONS = (
 )
 
 
-def build(model_name: str, pretrained: bool | str | None = False) -> Backbone:
+def build(model_name: str, pretrained: bool | str | None = False, output_stride: int = 32) -> Backbone:
     if not timm.is_model(model_name):
         raise ValueError(f"unknown timm model {model_name!r}; timm.list_models() lists the valid names")
     create_name, weights_file = resolve_weights(model_name, pretrained)
     weights: dict[str, Any] = {"pretrained": False}
     if weights_file is not None:
         weights = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(weights_file)}}
-    features = timm.create_model(create_name, features_only=True, **weights, **_feature_list_options(model_name))
+    features = _create_features(model_name, create_name, weights, output_stride)
     strides = features.feature_info.reduction()
-    if any(b <= a for a, b in zip(strides, strides[1:])):
+    if not _strides_ok(strides, output_stride):
         raise ValueError(f"timm model {model_name!r} returns maps at strides {strides}; a backbone's stages must "
-                         f"each end at a new, larger stride")
+                         f"each end at a new, larger stride (up to output_stride {output_stride})")
     cfg = features.pretrained_cfg
     return Backbone(_chained_stages(features), channels=features.feature_info.channels(), strides=strides,
                     mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+
+
+def _create_features(model_name: str, create_name: str, weights: dict[str, Any], output_stride: int) -> nn.Module:
+    """timm's own dilation (`output_stride`), asked for only when not 32: some families do not take the option."""
+    dilation = {} if output_stride == 32 else {"output_stride": output_stride}
+    try:
+        return timm.create_model(create_name, features_only=True, **weights, **dilation,
+                                 **_feature_list_options(model_name))
+    except (TypeError, AssertionError, NotImplementedError) as error:
+        if not dilation:
+            raise
+        raise ValueError(f"timm model {model_name!r} cannot be built at output_stride {output_stride} ({error}); "
+                         f"use output_stride 32") from error
+
+
+def _strides_ok(strides: list[int], output_stride: int) -> bool:
+    """Strictly increasing, except that dilated stages repeat the output stride."""
+    return all(b > a or (output_stride != 32 and a == b == output_stride) for a, b in zip(strides, strides[1:]))
 
 
 def resolve_weights(model_name: str, pretrained: bool | str | None) -> tuple[str, Path | None]:

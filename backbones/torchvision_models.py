@@ -8,6 +8,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from backbones.base import Backbone
+from backbones.dilation import dilate_stages
 from backbones.weights import is_file_path, load_state_dict_file, require_cached
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,9 +60,11 @@ def cut(layers: nn.Sequential, ends: list[int]) -> list[nn.Sequential]:
 
 
 def features_backbone(builder: Callable[..., nn.Module], weights_enum: type[WeightsEnum], pretrained: bool | str | None,
-                      stage_ends: list[int], channels: list[int]) -> Backbone:
+                      stage_ends: list[int], channels: list[int], name: str, output_stride: int = 32) -> Backbone:
     """A torchvision model whose `features` Sequential ends a stage at each of strides 2, 4, 8, 16, 32
-    (MobileNetV2/V3, EfficientNet): cut it there, with ImageNet normalisation."""
+    (MobileNetV2/V3, EfficientNet): cut it there, with ImageNet normalisation. `output_stride` 16 or 8
+    dilates the deepest stages (backbones/dilation.py) after the weights are loaded."""
     features = build_torchvision(builder, weights_enum, pretrained).features
-    return Backbone(cut(features, stage_ends), channels=channels, strides=[2, 4, 8, 16, 32],
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    stages = cut(features, stage_ends)
+    strides = dilate_stages(name, stages, [2, 4, 8, 16, 32], output_stride)
+    return Backbone(stages, channels=channels, strides=strides, mean=IMAGENET_MEAN, std=IMAGENET_STD)

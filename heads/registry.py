@@ -4,8 +4,10 @@ from __future__ import annotations
 from heads.autoencoder import AutoencoderHead
 from heads.base import Head
 from heads.classification import ClassificationHead
+from heads.deeplab import DeepLabV3Head, DeepLabV3PlusHead
 from heads.denoising_autoencoder import DenoisingAutoencoderHead
 from heads.fcn import FCNHead
+from heads.pspnet import PSPNetHead
 from heads.segnet import SegNetHead
 from heads.unet import UNetHead
 from heads.vae import VAEHead
@@ -17,6 +19,9 @@ HEADS: dict[str, type[Head]] = {
     "fcn": FCNHead,
     "unet": UNetHead,
     "segnet": SegNetHead,
+    "pspnet": PSPNetHead,
+    "deeplabv3": DeepLabV3Head,
+    "deeplabv3plus": DeepLabV3PlusHead,
     "yolo": YoloHead,
     "yolo_v1": YoloV1Head,
     "ae": AutoencoderHead,

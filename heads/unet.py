@@ -8,7 +8,8 @@ at pixel level.
 
 Each step upsamples bilinearly, or with a learned 2x2 stride-2 ConvTranspose2d
 (the paper's "up-convolution"); when the skip's size is not exactly double
-(odd sizes), the result is then resized to the skip.
+(odd sizes), the result is then resized to the skip. Between two maps of the
+same stride (a dilated backbone's deepest stages) there is no upsampling.
 """
 from __future__ import annotations
 
@@ -58,8 +59,11 @@ class UNetHead(SegmentationHead):
         skips = list(reversed(channels[:-1])) + [image_channels]  # shallower backbone maps, then the image
         ins = [channels[-1]] + options.decoder_channels[:-1]
         transposed = options.upsampling == "transposed"
-        self.blocks = nn.ModuleList(DecoderBlock(i, s, o, transposed)
-                                    for i, s, o in zip(ins, skips, options.decoder_channels))
+        # A dilated backbone repeats its output stride ([2,4,8,16,16]): a step between equal strides
+        # concatenates at the same size, with no up-convolution (bilinear already skips equal sizes).
+        grows = [deep > shallow for deep, shallow in zip(strides[::-1], list(reversed(strides[:-1])) + [1])]
+        self.blocks = nn.ModuleList(DecoderBlock(i, s, o, transposed and g)
+                                    for i, s, o, g in zip(ins, skips, options.decoder_channels, grows))
         self.classifier = nn.Conv2d(options.decoder_channels[-1], self.num_classes, 1)
 
     def forward(self, features: list[Tensor], image: Tensor) -> Tensor:

@@ -47,7 +47,8 @@ def enable_pool_indices(backbone: backbones.Backbone, task: str) -> None:
 def build_model(config: ModelConfig, num_classes: int, in_channels: int = 3) -> MultiTaskModel:
     """`in_channels`: channels of the input images (config.data.channels); the backbone is adapted to them and
     the heads that read or output images (unet, ae, dae, vae) use them."""
-    backbone = backbones.build(config.backbone.name, pretrained=config.backbone.pretrained, in_channels=in_channels)
+    backbone = backbones.build(config.backbone.name, pretrained=config.backbone.pretrained, in_channels=in_channels,
+                               output_stride=config.backbone.output_stride)
     heads = {
         task: head_registry.build(head.type, backbone.channels, backbone.strides, num_classes, head.options,
                                   image_channels=in_channels)

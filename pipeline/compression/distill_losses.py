@@ -28,6 +28,7 @@ from torch import Tensor
 
 from heads.base import Head
 from heads.classification import ClassificationOutputs
+from heads.pspnet import main_logits
 from heads.vae import VAEOutput
 from heads.yolo import YoloHead, YoloOutputs
 from heads.yolo_v1 import YoloV1Head, YoloV1Outputs
@@ -109,11 +110,11 @@ def classification_mismatch(student: Head, teacher: Head) -> str | None:
 # ---- segmentation ------------------------------------------------------------------------------------------
 
 def segmentation_loss(student: HeadOutputs, teachers: list[HeadOutputs], temperature: float) -> Tensor:
-    logits = student.outputs
+    logits = main_logits(student.outputs)    # a training PSPNet's auxiliary logits are not distilled
     size = logits.shape[-2:]
-    targets = [t.outputs if t.outputs.shape[-2:] == size
-               else F.interpolate(wide(t.outputs), size=size, mode="bilinear", align_corners=False)
-               for t in teachers]
+    teacher_logits = [main_logits(t.outputs) for t in teachers]
+    targets = [t if t.shape[-2:] == size else F.interpolate(wide(t), size=size, mode="bilinear", align_corners=False)
+               for t in teacher_logits]
     per_pixel = categorical_kl(logits / temperature, [t / temperature for t in targets], dim=1)
     return temperature ** 2 * per_pixel.mean()
 

@@ -66,6 +66,8 @@ def prune_model(model: MultiTaskModel, example: Tensor, options: PruneOptions,
     was_training = model.training
     model.eval()   # tracing in eval: no denoising second backbone pass, BN statistics untouched
     try:
+        if options.structured:
+            check_traced(model, example)
         macs_before, params_before = count(model, example)
         ignored = output_layers(model, example)
         if options.structured:
@@ -100,6 +102,27 @@ def check_prunable(model: MultiTaskModel) -> None:
                              "indices, whose channel pairing torch-pruning's dependency graph cannot "
                              "track (pruning would silently re-pair or drop the unpooling); prune a model "
                              "without it")
+
+
+def check_traced(model: MultiTaskModel, example: Tensor) -> None:
+    """The dependency graph is traced in eval mode, so layers that run only in training (auxiliary
+    classifiers: PSPNet's aux_weight, classification's aux_stages) are not in it: their inputs would lose
+    channels they still expect. Refuse, naming them."""
+    called: set[str] = set()
+    hooks = [module.register_forward_hook(lambda *_, name=name: called.add(name))
+             for name, module in model.named_modules() if isinstance(module, PRUNABLE)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    unused = sorted(name for name, module in model.named_modules()
+                    if isinstance(module, PRUNABLE) and name not in called)
+    if unused:
+        raise ValueError(f"layers {unused[:4]}{' ...' if len(unused) > 4 else ''} run only in training (auxiliary "
+                         "branches), outside the graph structured pruning traces; prune a model without them "
+                         "(e.g. aux_weight: 0, aux_stages: [])")
 
 
 def count(model: nn.Module, example: Tensor) -> tuple[int, int]:

@@ -97,6 +97,8 @@ def model_checks(config: Config) -> list[Check]:
         ("model.backbone.unfreeze_every", backbone.unfreeze_every, at_least(0), "an integer >= 0 (0: never)"),
         ("model.backbone.stage_lr", backbone.stage_lr, lambda v: v is None or all(m >= 0 for m in v),
          "null or multipliers >= 0"),
+        ("model.backbone.output_stride", backbone.output_stride, lambda v: v in (32, 16, 8),
+         "32, 16 or 8 (16 and 8: dilated deepest stages)"),
     ]
     checks += [(f"model.heads.{task}.weight", head.weight, at_least(0.0), "a loss weight >= 0")
                for task, head in config.model.heads.items()]

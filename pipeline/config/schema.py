@@ -109,6 +109,7 @@ class BackboneConfig:
     freeze: Literal["none", "all"] | int = "none"
     unfreeze_every: int = 0             # progressive unfreezing: every K epochs the top frozen stage thaws; 0 = never
     stage_lr: list[float] | None = None # learning-rate multiplier per backbone stage, shallowest first (heads: 1.0)
+    output_stride: int = 32             # 32 | 16 | 8: the deepest stages dilate instead of downsampling (DeepLab)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pipeline.compression.pruning import PruneOptions, load_pruned, prune_model,
 from pipeline.config.schema import parse_config
 from pipeline.model import build_model
 
-STRUCTURED = [name for name in HEADS if name != "segnet"]   # segnet is refused, see the test below
+STRUCTURED = [name for name in HEADS if name not in ("segnet", "pspnet")]   # refused, see the tests below
 
 
 def config(heads: dict, backbone: str = "resnet18"):
@@ -111,6 +111,12 @@ def test_segnet_is_refused_by_structured_pruning_and_left_untouched():
     with pytest.raises(ValueError, match="'segnet'.*max-pool indices"):
         prune_model(model, torch.rand(1, 3, 64, 64), PruneOptions(amount=0.3))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_training_only_branches_are_refused_by_structured_pruning():
+    _, model = model_with("pspnet")      # its auxiliary classifier runs in training only
+    with pytest.raises(ValueError, match=r"heads.pspnet.aux.* run only in training"):
+        prune_model(model, torch.rand(1, 3, 64, 64), PruneOptions(amount=0.3))
 
 
 @pytest.mark.parametrize("head_type", ["yolo", "segnet"])

@@ -27,6 +27,9 @@ LABELLED_HEADS = [
     ("fcn", EVERY_SEGMENTATION_TERM),
     ("unet", EVERY_SEGMENTATION_TERM),
     ("segnet", EVERY_SEGMENTATION_TERM),
+    ("pspnet", EVERY_SEGMENTATION_TERM),
+    ("deeplabv3", EVERY_SEGMENTATION_TERM),
+    ("deeplabv3plus", EVERY_SEGMENTATION_TERM),
     ("yolo", {}),
     ("yolo_v1", {}),
 ]
