@@ -8,7 +8,6 @@ import torch
 from heads.blocks import upsample_to
 from heads.deeplab import DeepLabV3Head, DeepLabV3Options, DeepLabV3PlusHead, DeepLabV3PlusOptions, low_level_index
 from heads.pspnet import PSPNetHead, PSPNetOptions, PSPNetOutputs, PyramidPooling
-from heads.segmentation_metric import SegmentationMetric
 from pipeline.config.schema import parse_config
 from pipeline.model import build_model
 from support import CHANNELS, STRIDES, fake_features, make_batch
