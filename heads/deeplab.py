@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
@@ -55,10 +54,6 @@ def low_level_index(strides: list[int]) -> int:
     return max(i for s, i in candidates if s == best)
 
 
-def to_image(logits: Tensor, image: Tensor) -> Tensor:
-    return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-
-
 class DeepLabV3Head(SegmentationHead):
     Options = DeepLabV3Options
 
@@ -77,7 +72,7 @@ class DeepLabV3Head(SegmentationHead):
         return nn.Sequential(conv_bn_relu(width, width, 3), nn.Conv2d(width, self.num_classes, 1))
 
     def forward(self, features: list[Tensor], image: Tensor) -> Tensor:
-        return to_image(self.classifier(self.aspp(features[-1])), image)
+        return upsample_to(self.classifier(self.aspp(features[-1])), image)
 
 
 class DeepLabV3PlusHead(DeepLabV3Head):
@@ -98,4 +93,4 @@ class DeepLabV3PlusHead(DeepLabV3Head):
     def forward(self, features: list[Tensor], image: Tensor) -> Tensor:
         skip = self.reduce(features[self.low_level])
         x = upsample_to(self.aspp(features[-1]), skip)
-        return to_image(self.classifier(torch.cat([x, skip], dim=1)), image)
+        return upsample_to(self.classifier(torch.cat([x, skip], dim=1)), image)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datasets.sample import Batch
@@ -71,10 +70,6 @@ def classifier(in_channels: int, width: int, dropout: float, num_classes: int) -
     return nn.Sequential(conv_bn_relu(in_channels, width, 3), nn.Dropout(dropout), nn.Conv2d(width, num_classes, 1))
 
 
-def to_image(logits: Tensor, image: Tensor) -> Tensor:
-    return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-
-
 class PSPNetHead(SegmentationHead):
     Options = PSPNetOptions
 
@@ -94,17 +89,18 @@ class PSPNetHead(SegmentationHead):
     def forward(self, features: list[Tensor], image: Tensor) -> Tensor | PSPNetOutputs:
         """Logits [B, K, H, W]; in training with aux_weight > 0, PSPNetOutputs with the auxiliary logits too.
         Eval outputs stay a plain tensor, the format every segmentation consumer reads."""
-        logits = to_image(self.classifier(self.pyramid(features[-1])), image)
+        logits = upsample_to(self.classifier(self.pyramid(features[-1])), image)
         if not (self.training and self.aux is not None):
             return logits
-        return PSPNetOutputs(logits, to_image(self.aux(features[-2]), image))
+        return PSPNetOutputs(logits, upsample_to(self.aux(features[-2]), image))
 
     def loss(self, outputs: Tensor | PSPNetOutputs, batch: Batch) -> dict[str, Tensor]:
         if not isinstance(outputs, PSPNetOutputs):
             return self.criterion(outputs, batch)
         terms = self.criterion(outputs.logits, batch)
         # One "aux" term: the auxiliary classifier's whole segmentation loss (same weights), scaled by aux_weight.
-        terms["aux"] = self.options.aux_weight * torch.stack(list(self.criterion(outputs.aux_logits, batch).values())).sum()
+        aux_terms = self.criterion(outputs.aux_logits, batch)
+        terms["aux"] = self.options.aux_weight * torch.stack(list(aux_terms.values())).sum()
         return terms
 
     def decode(self, outputs: Tensor | PSPNetOutputs) -> Tensor:

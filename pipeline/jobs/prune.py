@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> str:
         result, run_id = run_training(fine_tune, tags={"pipeline.pruned_from": str(args.checkpoint),
                                                        "pipeline.prune": describe(options)})
         tuned = load_trained(result.best_checkpoint or result.checkpoint)
-        rows.append(measure(f"fine-tuned ({args.epochs} epoch{'s' if args.epochs > 1 else ''})", tuned.model, measuring))
+        name = f"fine-tuned ({args.epochs} epoch{'s' if args.epochs > 1 else ''})"
+        rows.append(measure(name, tuned.model, measuring))
     summary = out.with_suffix(".json")
     summary.write_text(json.dumps({"source": str(args.checkpoint), "options": dataclasses.asdict(options),
                                    "sparsity": report.sparsity, "pruned_layers": report.pruned_layers,
