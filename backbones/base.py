@@ -10,13 +10,28 @@ backbones/input_channels.py), so `mean` / `std` have C entries.
 
 Opt-in: `record_pool_indices()` makes forward also return the max-pool
 indices of that call (for unpooling decoders); see backbones/pool_indices.py.
+
+`classifier_fc`: a family whose classifier has hidden fully connected layers
+that a head can recast as convolutions (VGG's fc6/fc7, for FCN) offers their
+tensors here until the model is built (heads/base.py `adopt_backbone`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from backbones.pool_indices import IndexedMaxPool2d, PooledFeatures, PoolRecord, swap_max_pools
+
+
+@dataclass(frozen=True)
+class ClassifierFC:
+    """The hidden fully connected layers that follow a family's last stage in its classifier (VGG: fc6, fc7),
+    as trained, or the library's random init when the backbone is not pretrained. `layers`: (weight [out, in],
+    bias [out]) each; the first reads the last stage's map pooled to `grid` (H, W), flattened channel-major."""
+    layers: tuple[tuple[Tensor, Tensor], ...]
+    grid: tuple[int, int]
 
 
 class Backbone(nn.Module):
@@ -41,6 +56,9 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self._indexed_pools: list[IndexedMaxPool2d] = []  # filled by record_pool_indices()
+        # A plain attribute: not a parameter, not in the state dict, unseen by DDP. Set by the families that have
+        # such layers (backbones/vgg.py); build_model drops it once the heads have adopted it.
+        self.classifier_fc: ClassifierFC | None = None
 
     @property
     def in_channels(self) -> int:

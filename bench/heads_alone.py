@@ -1,6 +1,6 @@
 """Each head alone on the shapes set, on one budget: every configs/heads/*.yaml (ResNet-18 from random init,
-the same epochs), plus the FCN-16s and FCN-32s variants of fcn8s.yaml. Prints a Markdown table for
-docs/BENCHMARKS.md.
+the same epochs; fcn8s_vgg16.yaml is the published FCN on VGG-16, its fc6/fc7 as convolutions), plus the
+FCN-16s and FCN-32s variants of fcn8s.yaml. Prints a Markdown table for docs/BENCHMARKS.md.
 
     .venv/bin/python bench/heads_alone.py [--epochs 3] [name ...]
 """

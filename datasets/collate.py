@@ -30,6 +30,7 @@ def collate(samples: list[Sample]) -> Batch:
         ignore_labels=[s.ignore_labels if s.ignore_labels is not None else torch.zeros(0, dtype=torch.int64)
                        for s in samples],
         to_original=torch.tensor([list(s.to_original) for s in samples], dtype=torch.float32),
+        soft_label=_soft_labels(samples),
     )
 
 
@@ -54,3 +55,23 @@ def _multi_hot_or_zeros(samples: list[Sample]) -> Tensor:
     width = widths.pop() if widths else 0
     return torch.stack([s.multi_label.float() if s.multi_label is not None else torch.zeros(width)
                         for s in samples])
+
+
+def _soft_labels(samples: list[Sample]) -> Tensor:
+    """[B, C] when a sample is mixed (MixUp / CutMix): its soft label, the others' one-hot label (zeros when
+    unlabelled, which has_label tells); [B, 0] otherwise."""
+    widths = {s.soft_label.shape[0] for s in samples if s.soft_label is not None}
+    if len(widths) > 1:
+        raise ValueError(f"collate: expected soft labels of one class count, got {sorted(widths)}")
+    if not widths:
+        return torch.zeros(len(samples), 0)
+    width = widths.pop()
+    rows = []
+    for s in samples:
+        if s.soft_label is not None:
+            rows.append(s.soft_label.float())
+        elif s.label is not None:
+            rows.append(torch.nn.functional.one_hot(torch.tensor(s.label), width).float())
+        else:
+            rows.append(torch.zeros(width))
+    return torch.stack(rows)

@@ -109,7 +109,11 @@ class Reader(Dataset):
     # ---- shared --------------------------------------------------------------------------------
 
     def __getitem__(self, index: int) -> Sample:
-        return self.transform(self.read_record(index))
+        record = self.read_record(index)
+        # A Mosaic or MixUp / CutMix step that fires this time takes other records of this split as well.
+        partners = self.transform.draw_partners(len(self))
+        others = [self.read_record(position) for position in partners.positions]
+        return self.transform(record, partners, others, num_classes=len(self.class_names))
 
     def read_record(self, index: int) -> RawRecord:
         """The untransformed record; a bad entry raises, or with skip_invalid is replaced by the next readable

@@ -48,3 +48,16 @@ def image_targets(box_labels: np.ndarray, boxes: np.ndarray, mask: np.ndarray | 
     if not areas.any():
         np.add.at(areas, box_labels, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     return int(np.argmax(areas)), present
+
+
+def stacked_boxes(record: RawRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Object boxes then ignore regions, stacked: boxes [K,4] float32, labels [K] int64, is-ignore [K] bool."""
+    def rows(boxes: np.ndarray | None, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if boxes is None:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64).reshape(-1)
+
+    objects, object_labels = rows(record.boxes, record.box_labels)
+    regions, region_labels = rows(record.ignore_boxes, record.ignore_labels)
+    ignored = np.concatenate([np.zeros(len(objects), bool), np.ones(len(regions), bool)])
+    return np.concatenate([objects, regions]), np.concatenate([object_labels, region_labels]), ignored

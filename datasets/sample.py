@@ -35,6 +35,9 @@ class Sample:
     # Input pixels -> pixels of the image on disk: x_disk = (x - offset_x) / scale_x (likewise y), as
     # (scale_x, scale_y, offset_x, offset_y). Exact for the validation transform (resize or letterbox).
     to_original: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)
+    # MixUp / CutMix (datasets/augment_mix.py): [C] float32 class shares summing to 1; `label` stays the
+    # sample's own class. None: not mixed.
+    soft_label: Tensor | None = None
 
 
 @dataclass
@@ -54,6 +57,9 @@ class Batch:
     ignore_boxes: list[Tensor] | None = None   # B x [M,4] xyxy ignore regions; [0,4] where none
     ignore_labels: list[Tensor] | None = None  # B x [M]
     to_original: Tensor | None = None          # [B,4] (scale_x, scale_y, offset_x, offset_y), see Sample
+    # [B,C] class shares: a mixed sample's soft label, the others' one-hot label (zero rows where unlabelled);
+    # [B,0] when no sample of the batch is mixed.
+    soft_label: Tensor | None = None
 
     def __post_init__(self) -> None:
         # Batches built without these (most tests, older code) get the neutral value: multi-labels missing,
@@ -71,6 +77,8 @@ class Batch:
             height, width = self.image.shape[-2:]
             scale = torch.tensor([width, height], dtype=torch.float32, device=device) / self.orig_size.flip(1).float()
             self.to_original = torch.cat([scale, torch.zeros_like(scale)], dim=1)
+        if self.soft_label is None:
+            self.soft_label = torch.zeros(len(self), 0, device=device)
 
     def __len__(self) -> int:
         return self.image.shape[0]
@@ -91,5 +99,5 @@ class Batch:
             has_boxes=move(self.has_boxes),
             multi_label=move(self.multi_label), has_multi_label=move(self.has_multi_label),
             ignore_boxes=[move(b) for b in self.ignore_boxes], ignore_labels=[move(b) for b in self.ignore_labels],
-            to_original=move(self.to_original),
+            to_original=move(self.to_original), soft_label=move(self.soft_label),
         )

@@ -10,7 +10,8 @@ box's corners also travel as keypoints, which are never clipped, and give its un
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import albumentations as A
@@ -19,48 +20,80 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from datasets.record import RawRecord
+from datasets.augment_config import AugmentOptions, MixArgs, MosaicArgs, build_plan
+from datasets.augment_mix import mix_samples
+from datasets.augment_mosaic import MosaicStage
+from datasets.record import RawRecord, stacked_boxes
 from datasets.sample import IGNORE_INDEX, Sample
+
+__all__ = ["AugmentOptions", "SampleTransform", "apply_transform", "build_transform", "compose_with_targets",
+           "to_tensor_transform"]
 
 Resize = Literal["stretch", "letterbox"]
 IMAGE_CORNER = -1  # the corner_of value of the two image-corner keypoints that measure the resize
 
 
 @dataclass
-class AugmentOptions:
-    hflip_p: float = 0.5
-    affine_p: float = 0.5
-    scale: tuple[float, float] = (0.8, 1.2)
-    translate: float = 0.1                # fraction of the image side, each direction
-    rotate: float = 10.0                  # degrees, each direction
-    color_p: float = 0.5
-    color_jitter: float = 0.2             # brightness, contrast and saturation strength
-    hue: float = 0.05                     # kept small: hue shifts quickly change what a colour is
-    min_box_visibility: float = 0.3       # a box mostly pushed out of the image becomes an ignore region
+class Partners:
+    """The other records a sample's augmentation takes this time: a mosaic's other cells, a mix's partner."""
+    step: MosaicArgs | MixArgs | None = None
+    positions: list[int] = field(default_factory=list)
 
 
 @dataclass
 class SampleTransform:
-    """An albumentations Compose plus what turning its output into a Sample needs."""
+    """An albumentations Compose plus what turning its output into a Sample needs, and the steps that take
+    other records of the split (Mosaic before the Compose, MixUp / CutMix after it)."""
     compose: A.Compose
     min_box_visibility: float = 0.0
+    mosaic: MosaicStage | None = None
+    mixes: list[MixArgs] = field(default_factory=list)
+    # Draws the partners: seeded with the Compose, so a sample's partners follow (seed, epoch, index) too.
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
     def set_random_seed(self, seed: int) -> None:
         self.compose.set_random_seed(seed)
+        if self.mosaic is not None:
+            self.mosaic.set_random_seed(seed)
+        self.rng = np.random.default_rng(seed)
 
-    def __call__(self, record: RawRecord) -> Sample:
-        return apply_transform(self, record)
+    def draw_partners(self, size: int) -> Partners:
+        """Whether a mosaic or a mix fires for the next sample of a split of `size` records, and with which
+        records (drawn uniformly, possibly the sample itself): decided before reading, so only what is used is
+        read."""
+        if self.mosaic is not None and self.rng.random() < self.mosaic.args.p:
+            return Partners(self.mosaic.args, self.rng.integers(size, size=self.mosaic.args.partners).tolist())
+        if self.mixes:
+            mix = self.mixes[int(self.rng.integers(len(self.mixes)))]   # MixUp and CutMix: one of them, 50/50
+            if self.rng.random() < mix.p:
+                return Partners(mix, [int(self.rng.integers(size))])
+        return Partners()
+
+    def __call__(self, record: RawRecord, partners: Partners | None = None, others: Sequence[RawRecord] = (),
+                 num_classes: int = 0) -> Sample:
+        """The record's Sample; with `partners` drawn by `draw_partners` and their records `others`, mosaicked
+        or mixed with them (a mix needs `num_classes` for its soft label)."""
+        partners = partners or Partners()
+        if isinstance(partners.step, MosaicArgs) and self.mosaic is not None:
+            record = self.mosaic(record, list(others), self.min_box_visibility)
+        sample = apply_transform(self, record)
+        if isinstance(partners.step, MixArgs):
+            partner = apply_transform(self, others[0])
+            sample = mix_samples(sample, partner, partners.step, num_classes, int(self.rng.integers(2**31)))
+        return sample
 
 
 def build_transform(image_size: int, train: bool, options: AugmentOptions | None = None,
                     resize: Resize = "stretch", channels: int = 3) -> SampleTransform:
-    """Training: affine + flip + colour jitter, then resize. Validation: the resize only, so predictions map
-    back to the image on disk exactly (`Sample.to_original`).
+    """Training: the preset's affine + flip + colour jitter, its extra steps and the listed ones (a Mosaic
+    first, MixUp / CutMix last; datasets/augment_config.py), then resize. Validation: the resize only, so
+    predictions map back to the image on disk exactly (`Sample.to_original`).
 
     `stretch` resizes to a square; `letterbox` keeps the aspect ratio and pads the short side (padding is
     black in the image and IGNORE_INDEX in the mask: it is no part of the scene)."""
     options = options or AugmentOptions()
-    steps = _augmentations(options, channels) if train else []
+    plan = build_plan(options, channels) if train else None
+    steps = [*_augmentations(options, channels), *plan.steps] if plan is not None else []
     # INTER_NEAREST_EXACT samples pixel centres like the linear image resize; INTER_NEAREST shifts masks.
     if resize == "letterbox":
         steps += [A.LongestMaxSize(max_size=image_size, mask_interpolation=cv2.INTER_NEAREST_EXACT),
@@ -70,7 +103,9 @@ def build_transform(image_size: int, train: bool, options: AugmentOptions | None
         steps.append(A.Resize(image_size, image_size, mask_interpolation=cv2.INTER_NEAREST_EXACT))
     else:
         raise ValueError(f"data.resize: expected 'stretch' or 'letterbox', got {resize!r}")
-    return SampleTransform(compose_with_targets(steps), options.min_box_visibility)
+    mosaic = MosaicStage(plan.mosaic, image_size) if plan is not None and plan.mosaic is not None else None
+    return SampleTransform(compose_with_targets(steps), options.min_box_visibility, mosaic=mosaic,
+                           mixes=plan.mixes if plan is not None else [])
 
 
 def to_tensor_transform() -> SampleTransform:
@@ -82,7 +117,7 @@ def to_tensor_transform() -> SampleTransform:
 def apply_transform(transform: SampleTransform, record: RawRecord) -> Sample:
     """Run the transform on a record; targets the record lacks stay None in the Sample."""
     has_boxes = record.boxes is not None
-    boxes, labels, ignored = _all_boxes(record)
+    boxes, labels, ignored = stacked_boxes(record)
     height, width = record.image.shape[:2]
     inputs = {
         "image": record.image,
@@ -119,19 +154,6 @@ class _KeptBoxes:
     ignore_labels: np.ndarray  # [M] int64
 
 
-def _all_boxes(record: RawRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Object boxes then ignore regions, stacked: boxes [K,4], labels [K], is-ignore [K]."""
-    def rows(boxes: np.ndarray | None, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        if boxes is None:
-            return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64).reshape(-1)
-
-    objects, object_labels = rows(record.boxes, record.box_labels)
-    regions, region_labels = rows(record.ignore_boxes, record.ignore_labels)
-    ignored = np.concatenate([np.zeros(len(objects), bool), np.ones(len(regions), bool)])
-    return np.concatenate([objects, regions]), np.concatenate([object_labels, region_labels]), ignored
-
-
 def _corners(boxes: np.ndarray) -> np.ndarray:
     x1, y1, x2, y2 = boxes.T
     return np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x1, y2], 1), np.stack([x2, y2], 1)],
@@ -153,6 +175,8 @@ def _visible_fraction(boxes: np.ndarray, ids: np.ndarray, points: np.ndarray, co
     fractions = np.ones(len(boxes), np.float32)
     for row, box_id in enumerate(ids):
         corners = points[corner_of == box_id]
+        if len(corners) < 2:   # a listed transform dropped the corners: the visibility is unknown, keep the box
+            continue
         whole = np.prod(corners.max(axis=0) - corners.min(axis=0))
         clipped = np.prod(boxes[row, 2:] - boxes[row, :2])
         if whole > 0:
@@ -163,7 +187,11 @@ def _visible_fraction(boxes: np.ndarray, ids: np.ndarray, points: np.ndarray, co
 def _to_original(out: dict, width: int, height: int) -> tuple[float, float, float, float]:
     """From where the image's corners went: input px -> disk px is x = (x' - offset) / scale."""
     points = np.asarray(out["keypoints"], np.float64).reshape(-1, 2)[:, :2]
-    top_left, bottom_right = points[np.asarray(out["corner_of"]).reshape(-1) == IMAGE_CORNER]
+    corners = points[np.asarray(out["corner_of"]).reshape(-1) == IMAGE_CORNER]
+    if len(corners) != 2:   # a listed (training) transform dropped them: no exact map back exists anyway
+        height_out, width_out = out["image"].shape[-2:]
+        return width_out / width, height_out / height, 0.0, 0.0
+    top_left, bottom_right = corners
     scale = (bottom_right - top_left) / np.array([width, height], np.float64)
     return float(scale[0]), float(scale[1]), float(top_left[0]), float(top_left[1])
 

@@ -7,12 +7,15 @@ metric its users judge it by.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor, nn
 
 from datasets.sample import Batch
 from datasets.summary import DataSummary
+
+if TYPE_CHECKING:
+    from backbones.base import Backbone
 
 
 class Metric(Protocol):
@@ -75,6 +78,12 @@ class Head(nn.Module):
     def fit_data(self, summary: DataSummary) -> None:
         """Called once before training with statistics of the training set (e.g. box sizes for auto
         anchors). Whatever is fitted must live in buffers, so checkpoints restore it."""
+
+    def adopt_backbone(self, backbone: Backbone) -> None:
+        """Called once by build_model after the head is built, with the model's backbone: a head that starts
+        from weights the backbone offers besides its stages (FCN's fc6/fc7 from VGG's `classifier_fc`) copies
+        them here. An option the backbone cannot serve raises ValueError("<option>: <what is needed>");
+        build_model prefixes it with model.heads.<task>. A checkpoint loaded afterwards overwrites the copy."""
 
 
 def zero_loss(outputs: Tensor) -> Tensor:

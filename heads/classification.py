@@ -99,7 +99,9 @@ class ClassificationHead(Head):
         keep = batch.has_label
         if not keep.any():
             return zero_loss(logits)
-        return F.cross_entropy(logits[keep], batch.label[keep], label_smoothing=self.options.label_smoothing)
+        # MixUp / CutMix batches carry class shares (datasets/augment_mix.py): cross-entropy with them as targets.
+        target = batch.soft_label[keep].to(logits.dtype) if batch.soft_label.shape[1] else batch.label[keep]
+        return F.cross_entropy(logits[keep], target, label_smoothing=self.options.label_smoothing)
 
     def decode(self, outputs: Tensor | ClassificationOutputs) -> Tensor:
         """Class probabilities [B, C] of the main classifier: softmax, or per-class sigmoid for multi-label."""

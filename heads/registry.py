@@ -9,6 +9,7 @@ from heads.denoising_autoencoder import DenoisingAutoencoderHead
 from heads.fcn import FCNHead
 from heads.pspnet import PSPNetHead
 from heads.segnet import SegNetHead
+from heads.ssd import SSDHead
 from heads.unet import UNetHead
 from heads.vae import VAEHead
 from heads.yolo import YoloHead
@@ -24,6 +25,7 @@ HEADS: dict[str, type[Head]] = {
     "deeplabv3plus": DeepLabV3PlusHead,
     "yolo": YoloHead,
     "yolo_v1": YoloV1Head,
+    "ssd": SSDHead,
     "ae": AutoencoderHead,
     "dae": DenoisingAutoencoderHead,
     "vae": VAEHead,

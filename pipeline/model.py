@@ -44,6 +44,17 @@ def enable_pool_indices(backbone: backbones.Backbone, task: str) -> None:
         raise ValueError(f"head {task!r} unpools with max-pool indices, but: {error}") from None
 
 
+def adopt_backbone(backbone: backbones.Backbone, heads: dict[str, Head]) -> None:
+    """Each head takes what it starts from out of the backbone (heads/base.py); then the backbone's classifier
+    layers are dropped, which would otherwise ride along in every copy and pickle of the model (0.5 GB for VGG)."""
+    for task, head in heads.items():
+        try:
+            head.adopt_backbone(backbone)
+        except ValueError as error:
+            raise ValueError(f"model.heads.{task}.{error}") from None
+    backbone.classifier_fc = None
+
+
 def build_model(config: ModelConfig, num_classes: int, in_channels: int = 3) -> MultiTaskModel:
     """`in_channels`: channels of the input images (config.data.channels); the backbone is adapted to them and
     the heads that read or output images (unet, ae, dae, vae) use them."""
@@ -54,6 +65,7 @@ def build_model(config: ModelConfig, num_classes: int, in_channels: int = 3) -> 
                                   image_channels=in_channels)
         for task, head in config.heads.items()
     }
+    adopt_backbone(backbone, heads)
     model = MultiTaskModel(backbone, heads)
     if config.qat is not None:   # part of the model: every builder (train, resume, predict, export) gets it
         keep = contract_layers(model, config, num_classes, in_channels) if config.qat.full_precision_ends else []

@@ -1,7 +1,10 @@
 """Builders shared across the suite (importable as `support`: tests/ is on pytest's pythonpath)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import yaml
 
 from datasets.sample import IGNORE_INDEX, Batch
 
@@ -119,3 +122,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_tiny_config(folder: Path, name: str, experiment: str, train: dict | None = None) -> Path:
+    """A config that trains in seconds: LeNet-5 classifying 8 (train) / 4 (val) 32 px shapes images, its runs
+    and sqlite MLflow store under `folder`; `train` is its train section (default: 1 epoch on the CPU)."""
+    config = {"name": name, "seed": 0, "output_dir": str(folder / "runs"),
+              "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}", "experiment": experiment},
+              "data": {"train": str(folder / "data/train/annotations.json"),
+                       "val": str(folder / "data/val/annotations.json"), "image_size": 32, "batch_size": 4,
+                       "num_workers": 0, "shapes": {"train_images": 8, "val_images": 4}},
+              "model": {"backbone": {"name": "lenet5"}, "heads": {"cls": {"type": "classification"}}},
+              "train": train or {"epochs": 1, "device": "cpu"}}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

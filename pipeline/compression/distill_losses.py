@@ -9,7 +9,8 @@ and is zero when the student's outputs equal its single teacher's.
 - segmentation: the same per pixel, averaged over pixels (teacher logits resized bilinearly to the student's).
 - detection: objectness as a Bernoulli KL to the teacher's objectness, the classes as a KL to its class
   probabilities weighted by its objectness, and the decoded boxes (smooth L1, in image fractions) where the
-  teacher is confident. Candidate by candidate, so both heads need the same layout.
+  teacher is confident. Candidate by candidate, so both heads need the same layout. SSD's softmax over
+  background + classes reads as objectness 1 - P(background) and class probabilities P(class | object).
 - reconstruction: MSE of the student's reconstruction to the teacher's.
 
 The temperature softens the classification and segmentation targets only; detection compares objectness and
@@ -29,6 +30,7 @@ from torch import Tensor
 from heads.base import Head
 from heads.classification import ClassificationOutputs
 from heads.pspnet import main_logits
+from heads.ssd import SSDHead, SSDOutputs
 from heads.vae import VAEOutput
 from heads.yolo import YoloHead, YoloOutputs
 from heads.yolo_v1 import YoloV1Head, YoloV1Outputs
@@ -126,7 +128,7 @@ class Candidates:
     """Every candidate box of a detection head, flattened in dense_predictions' order."""
     objectness: Tensor      # [B, N] logits
     classes: Tensor         # [B, N, C] logits
-    class_softmax: bool     # one softmax over the classes (yolo_v1) or a sigmoid per class (yolo)
+    class_softmax: bool     # one softmax over the classes (yolo_v1, ssd) or a sigmoid per class (yolo)
     boxes: Tensor           # [B, N, 4] xyxy as fractions of the image
 
 
@@ -144,7 +146,16 @@ def yolo_v1_candidates(head: YoloV1Head, outputs: YoloV1Outputs) -> Candidates:
                       image_fractions(head, outputs, outputs.image_size))
 
 
-CANDIDATES: dict[type, Callable[[Any, Any], Candidates]] = {YoloHead: yolo_candidates, YoloV1Head: yolo_v1_candidates}
+def ssd_candidates(head: SSDHead, outputs: SSDOutputs) -> Candidates:
+    """SSD's one softmax over background + C as objectness = 1 - P(background), whose logit is
+    logsumexp(class logits) - background logit, and the classes' softmax among themselves (P(class | object))."""
+    logits = torch.cat([level.flatten(1, 3) for level in outputs.logits], dim=1)   # [B, N, C + 1]
+    objectness = torch.logsumexp(wide(logits[..., 1:]), dim=-1) - wide(logits[..., 0])
+    return Candidates(objectness, logits[..., 1:], True, image_fractions(head, outputs, outputs.image_size))
+
+
+CANDIDATES: dict[type, Callable[[Any, Any], Candidates]] = {YoloHead: yolo_candidates, YoloV1Head: yolo_v1_candidates,
+                                                            SSDHead: ssd_candidates}
 
 
 def image_fractions(head: Head, outputs: Any, image_size: tuple[int, int]) -> Tensor:
@@ -187,6 +198,10 @@ def detection_layout(head: Head) -> tuple:
         return ("yolo", tuple(head.strides), tuple(tuple(wh) for wh in head.anchor_sizes.round(decimals=3).tolist()))
     if isinstance(head, YoloV1Head):
         return ("yolo_v1", head.options.stride, head.options.boxes_per_cell)
+    if isinstance(head, SSDHead):
+        scales = tuple(round(s, 6) for s in head.default_boxes.scales)
+        ratios = tuple(tuple(r) for r in head.default_boxes.aspect_ratios)
+        return ("ssd", tuple(head.map_strides), scales, ratios)
     return (type(head).__name__,)
 
 
@@ -194,9 +209,10 @@ def detection_mismatch(student: Head, teacher: Head) -> str | None:
     mine, theirs = detection_layout(student), detection_layout(teacher)
     if mine == theirs:
         return None
-    return (f"its candidate layout (head type, strides, anchors or boxes per cell) is {theirs} in the teacher "
-            f"and {mine} in the student; box distillation compares candidate by candidate, so both need the same "
-            "head type, strides and anchors (give the student the teacher's anchors explicitly)")
+    return (f"its candidate layout (head type, strides, anchors, boxes per cell or default boxes) is {theirs} in "
+            f"the teacher and {mine} in the student; box distillation compares candidate by candidate, so both need "
+            "the same head type, strides and anchors or default boxes (give the student the teacher's anchors "
+            "explicitly)")
 
 
 # ---- reconstruction ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from backbones.registry import BACKBONES, TIMM_PREFIX
 from pipeline.config.typed import ConfigError
 
 if TYPE_CHECKING:
-    from pipeline.config.schema import Config
+    from pipeline.config.schema import Config, DiagnosticsConfig
 
 MIN_IMAGE_SIZE = 32  # the coarsest stride of the backbones: a smaller image leaves the last stage empty
 
@@ -73,6 +73,7 @@ def train_checks(config: Config) -> list[Check]:
         ("train.checkpoint.keep_last", train.checkpoint.keep_last, at_least(0), "an integer >= 0 (0: none)"),
         ("train.early_stopping.patience", train.early_stopping.patience, at_least(0), "an integer >= 0 (0: off)"),
         ("train.early_stopping.min_delta", train.early_stopping.min_delta, at_least(0.0), "a number >= 0"),
+        *diagnostics_checks(train.diagnostics),
         ("train.optimizer.lr", optimizer.lr, at_least(0.0), "a learning rate >= 0"),
         ("train.optimizer.weight_decay", optimizer.weight_decay, at_least(0.0), "a number >= 0"),
         ("train.optimizer.l1_ratio", optimizer.l1_ratio, within(0.0, 1.0), "a ratio in [0, 1]"),
@@ -85,6 +86,20 @@ def train_checks(config: Config) -> list[Check]:
         ("train.scheduler.milestones", scheduler.milestones, lambda v: all(m >= 0 for m in v), "epochs >= 0"),
         ("train.scheduler.gamma", scheduler.gamma, positive, "a factor > 0"),
         ("train.scheduler.patience", scheduler.patience, at_least(0), "an integer >= 0"),
+    ]
+
+
+def diagnostics_checks(diagnostics: DiagnosticsConfig) -> list[Check]:
+    where = "train.diagnostics."
+    return [
+        (f"{where}every_steps", diagnostics.every_steps, at_least(0), "an integer >= 0 (0: off)"),
+        (f"{where}ratio_band", diagnostics.ratio_band, lambda v: 0 < v[0] < v[1], "[low, high] with 0 < low < high"),
+        (f"{where}ratio_patience", diagnostics.ratio_patience, at_least(1), "an integer >= 1"),
+        (f"{where}loss_window", diagnostics.loss_window, at_least(1), "a number of steps >= 1"),
+        (f"{where}min_loss_drop", diagnostics.min_loss_drop, within(0.0, 1.0, high_open=True),
+         "a fraction in [0, 1)"),
+        (f"{where}patience_epochs", diagnostics.patience_epochs, at_least(1), "an integer >= 1"),
+        (f"{where}underfit_fraction", diagnostics.underfit_fraction, within(0.0, 1.0), "a fraction in [0, 1]"),
     ]
 
 

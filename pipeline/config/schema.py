@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from datasets.augment_config import AugmentContext, AugmentError, parse_augment
 from datasets.image_io import ImagePolicy
 from datasets.mixture import MixtureSource
 from datasets.transforms import AugmentOptions
@@ -214,6 +215,20 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Training diagnostics ("babysitting", pipeline/engine/diagnostics.py): per-group gradient norms and
+    update/weight ratios, activation statistics on a fixed validation batch, and warnings. Off by default."""
+    every_steps: int = 0                # grad norms and update ratios every N optimiser steps; 0: all of it off
+    activations: bool = True            # stage outputs' mean, std, dead fraction on a fixed val batch, each epoch
+    ratio_band: tuple[float, float] = (1e-4, 1e-2)   # healthy ||update|| / ||weight|| per step (about 1e-3)
+    ratio_patience: int = 3             # logged steps in a row outside the band (after warm-up) before a warning
+    loss_window: int = 50               # steps: the mean train loss of the last N vs the first N after warm-up
+    min_loss_drop: float = 0.05         # ... must be lower by this fraction (also: overfitting's train-loss fall)
+    patience_epochs: int = 3            # epochs for the overfitting and underfitting rules
+    underfit_fraction: float = 0.9      # underfitting: the train loss is still >= this x its first epoch's
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     device: str = "auto"                # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
@@ -229,6 +244,7 @@ class TrainConfig:
     log_every: int = 1                  # per-step train metrics every N optimiser steps
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -281,6 +297,8 @@ def parse_config(raw: dict, source: str = "config") -> Config:
         raise ConfigError(f"{source}: model.heads: required key is missing")
     heads = parse_heads(model.pop("heads"), source)
     weighting = parse_weighting(model.pop("weighting", None), source)
+    if isinstance(raw.get("data"), dict) and "augment" in raw["data"]:
+        raw["data"]["augment"] = parse_augment_section(raw["data"], heads, source)
     model["heads"] = {}  # validated above; keep the generic pass from re-reading them
     config = from_dict(Config, raw, "", source)
     config.model.heads, config.model.weighting = heads, weighting
@@ -288,6 +306,24 @@ def parse_config(raw: dict, source: str = "config") -> Config:
     check_ranges(config, source)
     check_distill(config.model, source)
     return config
+
+
+def parse_augment_section(data: dict, heads: dict[str, HeadConfig], source: str) -> Any:
+    """data.augment in any of its forms (a preset, a step list, a mapping; datasets/augment_config.py) as the
+    mapping AugmentOptions takes, each step's name and arguments checked and the steps dry-run."""
+    channels = data.get("channels", 3)
+    valid_channels = isinstance(channels, int) and not isinstance(channels, bool) and channels >= 1
+    context = AugmentContext(
+        channels=channels if valid_channels else 3,   # a bad channels value gets its own error later
+        head_types={task: head.type for task, head in heads.items()},
+        multi_label_tasks=frozenset(task for task, head in heads.items()
+                                    if getattr(head.options, "multi_label", False)),
+        mixture=bool(data.get("sources")),
+    )
+    try:
+        return parse_augment(data["augment"], context)
+    except AugmentError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def check_distill(model: ModelConfig, source: str) -> None:

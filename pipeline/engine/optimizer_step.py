@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from timm.utils import ModelEmaV3
@@ -54,6 +54,10 @@ class OptimizerStep:
         self.scaler = precision.scaler()
         # The DDP wrapper under torchrun, set (and rebuilt when the frozen set changes) by hooks.TrainMode.
         self.wrapped: nn.Module = model
+        # Called once per step after unscaling, before clipping and the update, when set: the step's whole
+        # gradient (every micro-batch, averaged over ranks) is in .grad, true and unclipped, and the weights are
+        # those before the update. The Diagnostics hook (pipeline/engine/diagnostics.py) reads them there.
+        self.inspect_gradients: Callable[[], None] | None = None
 
     def run(self, window: list[Any], state: TrainingState, tracker: Tracker | None = None) -> dict[str, float]:
         """Forward and backward over the micro-batches, then one optimiser step. Returns the step's values,
@@ -134,6 +138,8 @@ class OptimizerStep:
     def unscale_and_clip(self) -> float:
         """The global gradient norm (after unscaling), clipped to train.grad_clip when set."""
         self.scaler.unscale_(self.optimizer)
+        if self.inspect_gradients is not None:
+            self.inspect_gradients()
         adapters = self.distiller.parameters() if self.distiller is not None else []
         params = [p for p in [*self.model.parameters(), *adapters] if p.grad is not None]
         if not params:

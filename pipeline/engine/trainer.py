@@ -32,6 +32,7 @@ from pipeline.config.schema import Config, config_to_dict
 from pipeline.runtime.device import Precision
 from pipeline.runtime.distributed import DistInfo
 from pipeline.engine.validation import Evaluation, evaluate
+from pipeline.engine.diagnostics import diagnostics_hooks
 from pipeline.engine.hooks import (Checkpointing, EpochEnd, Hook, LossWeighting, MetricsLog, ProgressBar, TrainMode,
                             Validation)
 from pipeline.model import MultiTaskModel
@@ -76,7 +77,7 @@ class Trainer:
     def __init__(self, config: Config, model: MultiTaskModel, train_loader: DataLoader, val_loader: DataLoader,
                  data_info: DataInfo, device: torch.device, precision: Precision, output_dir: Path,
                  tracker: Tracker | None = None, dist: DistInfo = DistInfo(), run_id: str | None = None,
-                 distiller: Distiller | None = None):
+                 distiller: Distiller | None = None, extra_hooks: tuple[Hook, ...] = ()):
         train = config.train
         validate_scheduler(train)  # a plateau schedule without train.monitor fails now, not after an epoch
         self.config, self.data_info, self.device, self.precision = config, data_info, device, precision
@@ -110,7 +111,8 @@ class Trainer:
         # Each point calls them in this order: an epoch's figures are logged before its checkpoint, and the
         # trained epoch is checkpointed before the loss weighting's epoch end and before validation.
         self.hooks: list[Hook] = [self.train_mode, ProgressBar(), MetricsLog(), Checkpointing(), LossWeighting(),
-                                  Validation()]
+                                  Validation(), *diagnostics_hooks(train.diagnostics)]
+        self.hooks.extend(extra_hooks)  # the caller's own (tune's pruning), after every built-in one
 
     # ---- the loop -----------------------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 pipeline/jobs/ ending with a COMMAND (pipeline/jobs/command.py) plus one line here."""
 from __future__ import annotations
 
-from pipeline.jobs import (check_data, compare, evaluate, explain, export, predict, prune, replay, report, sample,
-                           summary, train)
+from pipeline.jobs import (check_data, compare, evaluate, explain, export, lr_find, predict, prune, replay, report,
+                           sample, summary, train, tune)
 from pipeline.jobs.command import Command
 
 COMMANDS: dict[str, Command] = {command.name: command for command in (
@@ -19,4 +19,6 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
     explain.COMMAND,
     report.COMMAND,
     check_data.COMMAND,
+    tune.COMMAND,
+    lr_find.COMMAND,
 )}

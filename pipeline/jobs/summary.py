@@ -1,5 +1,6 @@
-"""`python -m pipeline summary BACKBONE_OR_CONFIG [--input 3x224x224] [--classifier] [--depth N]`: the complexity
-report (pipeline/analysis/complexity.py) of a backbone, a published classifier, or a config's multi-task model."""
+"""`python -m pipeline summary BACKBONE_OR_CONFIG [--input 3x224x224] [--classifier] [--depth N] [--output-stride 16]`:
+the complexity report (pipeline/analysis/complexity.py) of a backbone, a published classifier, or a config's
+multi-task model."""
 from __future__ import annotations
 
 import argparse
@@ -78,10 +79,13 @@ def count_classes(data: Any) -> tuple[int | None, str]:
 
 
 def load_target(spec: str, classifier: bool = False, classes: int | None = None,
-                in_channels: int | None = None) -> Target:
+                in_channels: int | None = None, output_stride: int | None = None) -> Target:
     """`spec`: a backbone registry name, a torchvision/timm classifier name (with `classifier`), or a YAML config.
 
-    Image channels: a config's data.channels; a backbone is adapted to `in_channels` (default 3)."""
+    Image channels: a config's data.channels; a backbone is adapted to `in_channels` (default 3).
+    `output_stride`: a backbone's (dilated at 16 or 8); a config has its own model.backbone.output_stride."""
+    if output_stride is not None and (classifier or spec.endswith((".yaml", ".yml")) or Path(spec).is_file()):
+        raise ValueError("--output-stride applies to a backbone name; a config sets model.backbone.output_stride")
     import backbones
 
     if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
@@ -109,19 +113,22 @@ def load_target(spec: str, classifier: bool = False, classes: int | None = None,
         raise ValueError(f"unknown backbone {spec!r}; valid: {', '.join(backbones.names())} "
                          f"(or --classifier NAME for a torchvision/timm classifier, or a config .yaml)")
     channels = in_channels or 3
-    title = f"{spec} (backbone stages)" if channels == 3 else f"{spec} (backbone stages, {channels} input channels)"
-    return Target(backbones.build(spec, pretrained=False, in_channels=channels), title,
+    stride = output_stride or 32
+    details = [f"{channels} input channels"] * (channels != 3) + [f"output stride {stride}"] * (stride != 32)
+    title = f"{spec} (backbone stages{''.join(', ' + d for d in details)})"
+    return Target(backbones.build(spec, pretrained=False, in_channels=channels, output_stride=stride), title,
                   default_input=(channels, 224, 224))
 
 
 def report(spec: str, input_text: str | None = None, classifier: bool = False, depth: int | None = None,
-           classes: int | None = None, receptive_fields: bool = True) -> str:
+           classes: int | None = None, receptive_fields: bool = True, output_stride: int | None = None) -> str:
     """What `python -m pipeline summary` prints."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. "no weights, random init" notices
         # An explicit CxHxW sets the channels a backbone is adapted to (a config has its own data.channels).
         explicit = parse_input(input_text) if input_text and "x" in input_text.lower() else None
-        target = load_target(spec, classifier, classes, in_channels=explicit[0] if explicit else None)
+        target = load_target(spec, classifier, classes, in_channels=explicit[0] if explicit else None,
+                             output_stride=output_stride)
     input_shape = parse_input(input_text, target.default_input[0]) if input_text else target.default_input
     summary = measure_complexity(target.model, input_shape, depth=depth, parts=target.parts,
                         receptive_fields=receptive_fields, title=target.title)
@@ -140,10 +147,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                     "else 3)")
     parser.add_argument("--no-rf", dest="receptive_fields", action="store_false",
                         help="skip the receptive-field measurement (faster on large models)")
+    parser.add_argument("--output-stride", type=int, choices=(8, 16, 32),
+                        help="a backbone's output stride: 16 or 8 dilate its deepest stages (default 32)")
 
 
 def run(args: argparse.Namespace) -> str:
-    return report(args.target, args.input, args.classifier, args.depth, args.classes, args.receptive_fields)
+    return report(args.target, args.input, args.classifier, args.depth, args.classes, args.receptive_fields,
+                  args.output_stride)
 
 
 COMMAND = Command("summary", "complexity report: per-layer shape, params, FLOPs, activation memory, receptive field",

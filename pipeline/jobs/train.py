@@ -25,6 +25,7 @@ from pipeline.config.typed import ConfigError, DataCheckError
 from pipeline.data_check.guard import require_trainable
 from pipeline.engine.checkpoint import latest_checkpoint, newest_readable_checkpoint
 from pipeline.engine.data import build_splits, ensure_shapes, eval_loader, stored_image_policy, train_loader
+from pipeline.engine.hooks import Hook
 from pipeline.engine.initial_weights import load_initial_weights, take_architecture
 from pipeline.engine.resume_check import check_resumable
 from pipeline.engine.trainer import DataInfo, TrainResult, Trainer
@@ -50,14 +51,14 @@ class Resume:
     state: dict[str, Any]
 
 
-def run_training(config: Config, resume: str | None = None,
-                 tags: dict[str, str] | None = None) -> tuple[TrainResult, str]:
+def run_training(config: Config, resume: str | None = None, tags: dict[str, str] | None = None,
+                 extra_hooks: tuple[Hook, ...] = ()) -> tuple[TrainResult, str]:
     """Train (continuing from `resume` when given); return the result and the MLflow run id. `tags` are added
-    to the run's (e.g. mlflow.parentRunId)."""
+    to the run's (e.g. mlflow.parentRunId); `extra_hooks` run after the trainer's own (e.g. tune's pruning)."""
     resolve_uri(config.tracking)   # a URI no store can answer to stops here, before any data is read
     dist, device = init_distributed(config.train.device)
     try:
-        return _train(config, find_resume(resume, config), dist, device, tags or {})
+        return _train(config, find_resume(resume, config), dist, device, tags or {}, extra_hooks)
     finally:
         shutdown()
 
@@ -85,8 +86,8 @@ def require_writable(folder: Path) -> None:
                           f"({error.strerror or error}); expected a folder this user can write") from error
 
 
-def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
-           tags: dict[str, str]) -> tuple[TrainResult, str]:
+def _train(config: Config, resume: Resume | None, dist: DistInfo, device, tags: dict[str, str],
+           extra_hooks: tuple[Hook, ...] = ()) -> tuple[TrainResult, str]:
     set_deterministic(config.train.deterministic)
     seed_everything(config.seed)
     if dist.is_main:
@@ -123,7 +124,7 @@ def _train(config: Config, resume: Resume | None, dist: DistInfo, device,
             config, model, train_loader(splits.train, config.data, config.seed, dist),
             eval_loader(splits.val, config.data, config.seed, dist),
             DataInfo(splits.class_names, splits.category_ids, splits.image_policy.to_dict()), device, select_precision(config.train.amp, device),
-            output_dir, tracker, dist, run_id, distiller,
+            output_dir, tracker, dist, run_id, distiller, extra_hooks,
         )
         if resume:
             trainer.restore(resume.state)

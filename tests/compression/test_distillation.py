@@ -36,6 +36,7 @@ HEADS = {   # (type, options): one of each head kind, small
     "segmentation": ("unet", {"decoder_channels": SMALL_DECODER}),
     "yolo": ("yolo", {"neck_channels": 16}),
     "yolo_v1": ("yolo_v1", {"hidden_channels": 16}),
+    "ssd": ("ssd", {"extra_channels": 16}),
     "ae": ("ae", {"decoder_channels": SMALL_DECODER}),
     "vae": ("vae", {"decoder_channels": SMALL_DECODER, "latent_channels": 4}),
 }

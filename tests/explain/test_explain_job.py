@@ -18,8 +18,8 @@ from pipeline.model import build_model
 
 KIND_OF_TYPE = {"classification": "classification", "fcn": "segmentation", "unet": "segmentation",
                 "pspnet": "segmentation", "deeplabv3": "segmentation", "deeplabv3plus": "segmentation",
-                "segnet": "segmentation", "yolo": "detection", "yolo_v1": "detection", "ae": "reconstruction",
-                "dae": "reconstruction", "vae": "reconstruction"}
+                "segnet": "segmentation", "yolo": "detection", "yolo_v1": "detection", "ssd": "detection",
+                "ae": "reconstruction", "dae": "reconstruction", "vae": "reconstruction"}
 SMALL = ExplainOptions(channels=2, top_k=2, neighbours=2, queries=2, split_limit=16, smooth_samples=2,
                        ascent_steps=3)
 

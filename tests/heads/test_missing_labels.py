@@ -32,6 +32,7 @@ LABELLED_HEADS = [
     ("deeplabv3plus", EVERY_SEGMENTATION_TERM),
     ("yolo", {}),
     ("yolo_v1", {}),
+    ("ssd", {}),
 ]
 RECONSTRUCTION_HEADS = ["ae", "dae", "vae"]
 CASE_IDS = [f"{head}{'-' + '-'.join(options) if options else ''}" for head, options in LABELLED_HEADS]

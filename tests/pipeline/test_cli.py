@@ -20,7 +20,7 @@ def test_help_lists_every_command_with_its_description():
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())        # argparse wraps the descriptions
     assert set(COMMANDS) == {"train", "compare", "eval", "predict", "export", "summary", "sample", "replay",
-                             "explain", "report", "check-data", "prune"}
+                             "explain", "report", "check-data", "prune", "tune", "lr-find"}
     for name, command in COMMANDS.items():
         assert f"{name} {command.help}" in text, name
 

@@ -192,3 +192,17 @@ def test_cli_prints_a_table(capsys):
 def test_cli_unknown_name_is_an_error(capsys):
     assert main(["summary", "resnet19"]) == 2
     assert "unknown backbone 'resnet19'" in capsys.readouterr().err
+
+
+def test_cli_output_stride_reports_the_dilated_stages(capsys):
+    assert main(["summary", "resnet18", "--input", "3x64x64", "--output-stride", "16", "--depth", "2", "--no-rf"]) == 0
+    out = capsys.readouterr().out
+    assert "output stride 16" in out
+    deepest = next(line for line in out.splitlines() if line.startswith("stages.4.1 "))
+    assert "512x4x4" in deepest  # 64 px / 16, not / 32
+    assert "11,176,512" in next(line for line in out.splitlines() if line.startswith("total"))  # same parameters
+
+
+def test_cli_output_stride_of_a_config_is_its_own(capsys):
+    assert main(["summary", "configs/heads/fcn8s.yaml", "--output-stride", "16"]) == 2
+    assert "model.backbone.output_stride" in capsys.readouterr().err
