@@ -1,4 +1,4 @@
-"""Small building blocks shared by the decoders."""
+"""Small building blocks shared by the heads."""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -16,3 +16,10 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> n
 def upsample_to(x: Tensor, reference: Tensor) -> Tensor:
     """Bilinear resize of `x` to the spatial size of `reference`."""
     return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def index_of_stride(head: str, stride: int, available: list[int]) -> int:
+    """The index of the backbone's (first) feature map at `stride`; a clear error naming `head` when there is none."""
+    if stride not in available:
+        raise ValueError(f"{head} head needs a feature map of stride {stride}; the backbone has strides {available}")
+    return available.index(stride)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from datasets.sample import Batch
 from heads.base import Head, zero_loss
+from heads.blocks import index_of_stride
 from heads.box_selection import SelectionOptions, select_detections
 from heads.box_targets import cells_in_ignore_regions, flatten_ground_truth
 from heads.default_boxes import DefaultBoxes, ssd300_aspect_ratios
@@ -92,7 +93,7 @@ class SSDHead(Head):
         self.options = options
         self.num_classes = num_classes
         backbone_strides = sorted(options.strides)
-        self.feature_indices = [_index_of_stride(s, strides) for s in backbone_strides]
+        self.feature_indices = [index_of_stride("SSD", s, strides) for s in backbone_strides]
         self.map_strides = backbone_strides + [backbone_strides[-1] * 2 ** (k + 1) for k in range(options.extra_layers)]
         ratios = options.aspect_ratios if options.aspect_ratios is not None else ssd300_aspect_ratios(
             len(self.map_strides))
@@ -215,9 +216,3 @@ def _flat(outputs: SSDOutputs) -> tuple[Tensor, Tensor]:
     offsets = torch.cat([o.float().flatten(1, 3) for o in outputs.offsets], dim=1)
     logits = torch.cat([l.float().flatten(1, 3) for l in outputs.logits], dim=1)
     return offsets, logits
-
-
-def _index_of_stride(stride: int, available: list[int]) -> int:
-    if stride not in available:
-        raise ValueError(f"SSD head needs a feature map of stride {stride}; the backbone has strides {available}")
-    return available.index(stride)

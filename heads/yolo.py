@@ -29,6 +29,7 @@ from datasets.sample import Batch
 from datasets.summary import DataSummary
 from heads.anchors import kmeans_anchors
 from heads.base import Head, zero_loss
+from heads.blocks import index_of_stride
 from heads.box_selection import SelectionOptions, select_detections
 from heads.box_targets import cells_in_ignore_regions, flatten_ground_truth, paired_iou
 from heads.detection_metric import CocoDetectionMetric
@@ -182,7 +183,7 @@ class YoloHead(Head):
         options = _finest_first(options)  # the neck merges coarse into fine: levels must run fine to coarse
         self.options = options
         self.num_classes = num_classes
-        self.feature_indices = [_index_of_stride(s, strides) for s in options.strides]
+        self.feature_indices = [index_of_stride("YOLO", s, strides) for s in options.strides]
         self.strides = list(options.strides)
         initial = _initial_anchors(options)
         self.anchors_per_level = [len(level) for level in initial]
@@ -440,10 +441,3 @@ def _finest_first(options: YoloOptions) -> YoloOptions:
     if anchors != "auto" and len(anchors) == len(order):
         anchors = [anchors[level] for level in order]
     return replace(options, strides=[options.strides[level] for level in order], anchors=anchors)
-
-
-def _index_of_stride(stride: int, available: list[int]) -> int:
-    if stride not in available:
-        raise ValueError(f"YOLO head needs a feature map of stride {stride}; the backbone has strides {available}")
-    return available.index(stride)
-

@@ -137,3 +137,21 @@ def write_tiny_config(folder: Path, name: str, experiment: str, train: dict | No
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def multitask_backward(heads: dict, size: int = 64, num_classes: int = 3) -> tuple:
+    """A ResNet-18 model with `heads` (task -> head config), one forward and backward of every task's loss on a
+    `make_batch`; returns (model, batch, {"<task>/<term>": loss})."""
+    from pipeline.config.schema import parse_config
+    from pipeline.model import build_model
+
+    config = parse_config({"data": {"train": "unused", "val": "unused", "image_size": size},
+                           "model": {"backbone": {"name": "resnet18", "pretrained": False}, "heads": heads}})
+    torch.manual_seed(0)
+    model = build_model(config.model, num_classes=num_classes).train()
+    batch = make_batch(size=size, batch=2, num_classes=num_classes)
+    outputs = model(batch.image)
+    terms = {f"{task}/{name}": value for task, head in model.heads.items()
+             for name, value in head.loss(outputs[task], batch).items()}
+    torch.stack(list(terms.values())).sum().backward()
+    return model, batch, terms

@@ -8,9 +8,7 @@ import torch
 from heads.blocks import upsample_to
 from heads.deeplab import DeepLabV3Head, DeepLabV3Options, DeepLabV3PlusHead, DeepLabV3PlusOptions, low_level_index
 from heads.pspnet import PSPNetHead, PSPNetOptions, PSPNetOutputs, PyramidPooling
-from pipeline.config.schema import parse_config
-from pipeline.model import build_model
-from support import CHANNELS, STRIDES, fake_features, make_batch
+from support import CHANNELS, STRIDES, fake_features, make_batch, multitask_backward
 
 NUM_CLASSES = 3
 SMALL = {"pspnet": {"channels": 16}, "deeplabv3": {"channels": 16}, "deeplabv3plus": {"channels": 16, "low_level_channels": 8}}
@@ -99,15 +97,7 @@ def test_overfits_one_batch(head_type):
 @pytest.mark.parametrize("head_type", ["pspnet", "deeplabv3", "deeplabv3plus"])
 def test_plugs_into_a_multi_task_model(head_type):
     heads = {"cls": {"type": "classification"}, "seg": {"type": head_type, **SMALL[head_type]}, "det": {"type": "yolo"}}
-    cfg = parse_config({"data": {"train": "unused", "val": "unused", "image_size": 64},
-                        "model": {"backbone": {"name": "resnet18", "pretrained": False}, "heads": heads}})
-    torch.manual_seed(0)
-    model = build_model(cfg.model, num_classes=NUM_CLASSES).train()
-    batch = make_batch(size=64, batch=2)
-    outputs = model(batch.image)
-    terms = {f"{task}/{name}": value for task, head in model.heads.items()
-             for name, value in head.loss(outputs[task], batch).items()}
-    torch.stack(list(terms.values())).sum().backward()
+    model, batch, terms = multitask_backward(heads, num_classes=NUM_CLASSES)
     assert all(torch.isfinite(v) for v in terms.values())
     seg = model.heads["seg"]
     assert all(p.grad is not None for p in seg.parameters())  # every branch (pspnet's aux too) is trained

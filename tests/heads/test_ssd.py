@@ -21,7 +21,7 @@ from pipeline.inference.export import export_model
 from pipeline.inference.onnx_runner import OnnxRunner
 from pipeline.inference.trained import TrainedModel
 from pipeline.model import build_model
-from support import assert_finds_the_boxes, detection_batch, make_batch, train_head
+from support import assert_finds_the_boxes, detection_batch, multitask_backward, train_head
 
 CHANNELS, STRIDES = [8, 12, 16, 24, 32], [2, 4, 8, 16, 32]
 NUM_CLASSES = 3
@@ -279,15 +279,7 @@ def test_overfits_one_batch():
 def test_plugs_into_a_multi_task_model_beside_the_other_heads():
     heads = {"cls": {"type": "classification"}, "seg": {"type": "unet"}, "yolo": {"type": "yolo"},
              "ssd": {"type": "ssd", "extra_channels": 32}}
-    config = parse_config({"data": {"train": "unused", "val": "unused", "image_size": 64},
-                           "model": {"backbone": {"name": "resnet18", "pretrained": False}, "heads": heads}})
-    torch.manual_seed(0)
-    model = build_model(config.model, num_classes=NUM_CLASSES).train()
-    batch = make_batch(size=64, batch=2)
-    outputs = model(batch.image)
-    terms = {f"{task}/{name}": value for task, head in model.heads.items()
-             for name, value in head.loss(outputs[task], batch).items()}
-    torch.stack(list(terms.values())).sum().backward()
+    model, batch, terms = multitask_backward(heads, num_classes=NUM_CLASSES)
     assert {"ssd/cls", "ssd/box"} <= set(terms) and all(torch.isfinite(v) for v in terms.values())
     assert all(p.grad is not None for p in model.heads["ssd"].parameters())
     model.eval()
